@@ -1,0 +1,10 @@
+import os, pytest
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: full-size models; run with SDFS_SLOW=1")
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("SDFS_SLOW"): return
+    skip = pytest.mark.skip(reason="slow: set SDFS_SLOW=1 to run")
+    for it in items:
+        if "slow" in it.keywords: it.add_marker(skip)
