@@ -177,3 +177,19 @@ def test_inpaint_callback_matches_diffusers_loop(name):
     ours = sample(model, NOISE, name, steps, SD, generator=torch.Generator().manual_seed(9),
                   callback=inpaint_callback(plan, init, NOISE, mask))
     assert (ours - x).abs().max().item() <= 1e-4
+
+
+def _model16(x, t):
+    "Half-precision model: computes in float32, answers in the latents' dtype (like an fp16 UNet)."
+    tt = torch.as_tensor(t, dtype=torch.float32)
+    return (torch.tanh(torch.einsum("bchw,cd->bdhw", x.float(), _W) + torch.sin(tt / 150)) + 0.2 * x.float()).to(x.dtype)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_float16_latents_match_diffusers(name):
+    "fp16 latents: Euler, Euler a and DPM-Solver step in float32 and store fp16, the others step in fp16 — as diffusers."
+    noise = NOISE.half()
+    ref, _ = diffusers_loop(name, 10, SD, noise, torch.Generator().manual_seed(2), model=_model16)
+    ours = sample(_model16, noise, name, 10, SD, generator=torch.Generator().manual_seed(2))
+    assert ours.dtype == ref.dtype == torch.float16
+    assert (ours.float() - ref.float()).abs().max().item() <= 1e-3
