@@ -128,8 +128,8 @@ def test_errors():
         sample(model, NOISE, "euler", 5, eta=1.0)
     with pytest.raises(ValueError, match="needs `init`"):
         sample(model, NOISE, "euler", 5, strength=0.5)
-    with pytest.raises(NotImplementedError, match="skip_prk_steps"):
-        sample(model, NOISE, "pndm", 5, {"skip_prk_steps": False})
+    with pytest.raises(NotImplementedError, match="rescale_betas_zero_snr"):
+        sample(model, NOISE, "ddim", 5, {**SD, "rescale_betas_zero_snr": True})
     with pytest.raises(ValueError, match="strength must be in"):
         img2img_start(10, 1.5)
 
@@ -193,3 +193,26 @@ def test_float16_latents_match_diffusers(name):
     ours = sample(_model16, noise, name, 10, SD, generator=torch.Generator().manual_seed(2))
     assert ours.dtype == ref.dtype == torch.float16
     assert (ours.float() - ref.float()).abs().max().item() <= 1e-3
+
+
+@pytest.mark.parametrize("cfg", [{**SD, "skip_prk_steps": False}, {**SD, "skip_prk_steps": False, "timestep_spacing": "trailing"}, {}])
+@pytest.mark.parametrize("steps", [4, 10, 25])
+def test_pndm_with_runge_kutta_warmup(cfg, steps):
+    "skip_prk_steps false (PNDMScheduler's default): 3 pseudo-RK4 steps, then PLMS — same timesteps and outputs."
+    ref, sch = diffusers_loop("pndm", steps, cfg, NOISE)
+    assert torch.equal(sampling_plan("pndm", steps, cfg).timesteps, sch.timesteps)
+    assert (sample(model, NOISE, "pndm", steps, cfg) - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("strength", [0.3, 0.75])
+def test_pndm_prk_img2img(strength):
+    cfg, steps = {**SD, "skip_prk_steps": False}, 10
+    init = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    sch = PNDMScheduler.from_config(cfg)
+    sch.set_timesteps(steps)
+    t_start = img2img_start(steps, strength)
+    ts = sch.timesteps[t_start:]
+    x = sch.add_noise(init, NOISE, ts[:1].repeat(2))
+    for t in ts: x = sch.step(model(x, t), t, x).prev_sample
+    ours = sample(model, NOISE, "pndm", steps, cfg, init=init, strength=strength)
+    assert (ours - x).abs().max().item() <= 1e-4
