@@ -35,7 +35,8 @@ def build_pair(device="cpu", dtype=torch.float32):
     "diffusers UNet with seeded random weights, and ours sharing the very same tensors."
     from diffusers import UNet2DConditionModel as D
     torch.manual_seed(0)
-    theirs = D(**SD15_UNET_CONFIG).to(device, dtype).eval()
+    theirs = D(**SD15_UNET_CONFIG).eval()
+    if device != "cpu" or dtype != torch.float32: theirs = theirs.to(device, dtype)
     with torch.device("meta"): ours = UNet2DConditionModel(SD15_UNET_CONFIG)
     load_strict(ours, theirs.state_dict()).eval()
     return ours, theirs

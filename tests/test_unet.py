@@ -56,6 +56,14 @@ def test_parity_odd_sizes_and_mask(tmp_path):
         x3, _ = inputs(cfg, H=18, W=10)
         assert ours(x3, 5, ctx).shape == x3.shape
 
+def test_feed_forward_chunking_is_exact(tmp_path, monkeypatch):
+    from sd_from_scratch.unet import BasicTransformerBlock
+    cfg = CONFIGS["sd2_tiny"]
+    theirs, ours = diffusers_pair(cfg, tmp_path)
+    x, ctx = inputs(cfg)
+    monkeypatch.setattr(BasicTransformerBlock, "ff_chunk", 7)           # many ragged chunks
+    with torch.no_grad(): assert (theirs(x, 5, ctx).sample - ours(x, 5, ctx)).abs().max() <= TOL
+
 def test_parity_with_grad_and_checkpointing(tmp_path):
     cfg = CONFIGS["sd1_tiny"]
     theirs, ours = diffusers_pair(cfg, tmp_path)
