@@ -169,3 +169,34 @@ def test_fid_inception_size_matches_scipy():
     a, b = rng.normal(size=(3000, 2048)), rng.normal(size=(2500, 2048)) * 1.1 + 0.02
     ours, ref = fid(a, b), reference_frechet_distance(*feature_stats(a), *feature_stats(b))
     assert abs(ours - ref) < 1e-3, (ours, ref)
+
+def _tiny_hf_clip(tmp_path, image_size=32, patch=8):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.CLIPConfig(
+        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=77, bos_token_id=0, eos_token_id=2, pad_token_id=1),
+        vision_config=dict(image_size=image_size, patch_size=patch, hidden_size=48, intermediate_size=37, num_hidden_layers=3,
+                           num_attention_heads=4), projection_dim=16)
+    transformers.CLIPModel(cfg).save_pretrained(tmp_path)
+    return transformers.CLIPModel.from_pretrained(tmp_path).eval()
+
+def test_clip_model_from_pretrained_matches_transformers(tmp_path):
+    from sd_from_scratch.metrics import CLIPModel, clip_preprocess
+    hf = _tiny_hf_clip(tmp_path, image_size=40, patch=10)
+    ours = CLIPModel.from_pretrained(tmp_path)
+    def emb(o): return o if isinstance(o, torch.Tensor) else o.pooler_output
+    px, ids = torch.randn(3, 3, 40, 40), torch.randint(3, 98, (3, 11))
+    ids[1, 5] = 2                                              # an end token mid-sequence
+    with torch.no_grad():
+        torch.testing.assert_close(ours.get_image_features(px), emb(hf.get_image_features(pixel_values=px)), atol=1e-4, rtol=0)
+        torch.testing.assert_close(ours.get_text_features(ids), emb(hf.get_text_features(input_ids=ids)), atol=1e-4, rtol=0)
+        images = torch.rand(3, 3, 64, 96) * 2 - 1
+        score = ours.scorer()(images, ids)
+        cos = torch.nn.functional.cosine_similarity(emb(hf.get_image_features(pixel_values=clip_preprocess(images, 40))),
+                                                    emb(hf.get_text_features(input_ids=ids)))
+    assert abs(score - max(100 * cos.mean().item(), 0)) < 1e-3
+    assert clip_preprocess(images, 40).shape == (3, 3, 40, 40)
+    (tmp_path / "config.json").write_text('{"model_type": "clip_text_model"}')
+    with pytest.raises(ValueError, match="vision_config"):
+        CLIPModel.from_pretrained(tmp_path)
