@@ -200,3 +200,17 @@ def test_clip_model_from_pretrained_matches_transformers(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "clip_text_model"}')
     with pytest.raises(ValueError, match="vision_config"):
         CLIPModel.from_pretrained(tmp_path)
+
+def test_pipeline_sample_fn_batches_and_seeds():
+    from sd_from_scratch.metrics import pipeline_sample_fn
+    calls = []
+    def pipe(prompts, generator=None, output_type="pil", guidance_scale=7.5, steps=50):
+        assert output_type == "pt"
+        calls.append((len(prompts), guidance_scale, steps))
+        return torch.rand(len(prompts), 3, 8, 8, generator=generator)
+    fn = pipeline_sample_fn(pipe, batch_size=4, steps=5)
+    a = fn(list("abcdefghij"), seed=1, guidance_scale=2.0)
+    assert a.shape == (10, 3, 8, 8) and a.min() >= -1 and a.max() <= 1
+    assert calls == [(4, 2.0, 5), (4, 2.0, 5), (2, 2.0, 5)]
+    torch.testing.assert_close(fn(list("abcdefghij"), seed=1, guidance_scale=2.0), a)
+    assert not torch.equal(a[:4], a[4:8])          # batches draw fresh noise from one generator
