@@ -214,3 +214,17 @@ def test_pipeline_sample_fn_batches_and_seeds():
     assert calls == [(4, 2.0, 5), (4, 2.0, 5), (2, 2.0, 5)]
     torch.testing.assert_close(fn(list("abcdefghij"), seed=1, guidance_scale=2.0), a)
     assert not torch.equal(a[:4], a[4:8])          # batches draw fresh noise from one generator
+
+def test_frechet_is_symmetric_and_nonnegative():
+    from hypothesis import given, settings, strategies as st
+    @settings(max_examples=40, deadline=None)
+    @given(d=st.integers(1, 12), n1=st.integers(2, 30), n2=st.integers(2, 30), seed=st.integers(0, 10_000),
+           scale=st.floats(1e-3, 1e3))
+    def check(d, n1, n2, seed, scale):
+        rng = np.random.default_rng(seed)
+        a, b = rng.normal(size=(n1, d)) * scale, rng.normal(size=(n2, d)) * scale + rng.normal(size=d)
+        ab, ba = fid(a, b), fid(b, a)
+        tol = 1e-7 * scale ** 2 * d + 1e-9
+        assert ab > -tol and abs(ab - ba) <= 1e-6 * max(1.0, abs(ab))
+        assert abs(fid(a, a)) <= tol
+    check()
