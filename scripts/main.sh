@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 mkdir -p outputs
-exec .venv/bin/python -m sd_from_scratch.demo "$@"
+exec .venv/bin/python scripts/forward_demo.py "$@"

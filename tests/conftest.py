@@ -8,3 +8,6 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="slow: set SDFS_SLOW=1 to run")
     for it in items:
         if "slow" in it.keywords: it.add_marker(skip)
+
+def pytest_sessionstart(session):
+    os.environ.setdefault("MPLBACKEND", "Agg")

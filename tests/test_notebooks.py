@@ -5,7 +5,7 @@ with SDFS_SLOW=1 the `slow` cells run too."""
 import os, shutil, subprocess, sys, tempfile
 from pathlib import Path
 import pytest
-from nbdev.test import test_nb
+from nbdev import test as nbdev_test_module   # (imported as a module so pytest doesn't collect its test_nb)
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = sorted(p for p in (ROOT / "nbs").rglob("*.ipynb")
@@ -15,7 +15,7 @@ NBS = sorted(p for p in (ROOT / "nbs").rglob("*.ipynb")
 def test_notebook_runs(nb):
     force = ["slow"] if os.environ.get("SDFS_SLOW") else []
     os.environ.setdefault("MPLBACKEND", "Agg")
-    ok, secs = test_nb(nb, skip_flags=["notest", "slow"], force_flags=force, basepath=ROOT)
+    ok, secs = nbdev_test_module.test_nb(nb, skip_flags=["notest", "slow"], force_flags=force, basepath=ROOT)
     assert ok, f"{nb.name} raised (traceback above)"
 
 def test_export_is_in_sync(tmp_path):
