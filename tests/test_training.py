@@ -85,8 +85,11 @@ def test_resume_refuses_a_different_run(base, tmp_path):
 def test_two_processes_with_accelerate(base, tmp_path):
     acc = Path(PY).parent / "accelerate"
     if not acc.exists(): pytest.skip("accelerate is not installed")
+    if torch.cuda.device_count() > 0: pytest.skip("this test runs the 2 processes on the CPU")
     env = _env()
-    r = subprocess.run([str(acc), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+    # `--multi_gpu` selects accelerate's torchrun launcher (2 processes); with no GPU our Accelerator(cpu=True)
+    # makes it a gloo process group on the CPU. (`--cpu` alone would start a single process.)
+    r = subprocess.run([str(acc), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                         "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", "-m", "sd_from_scratch.training",
                         *_args(tmp_path, base, 6)], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
