@@ -151,3 +151,29 @@ def test_toy_error_shrinks_with_steps():
         errs = [sliced_wasserstein(sample(m, noise, name, k), truth) for k in (3, 25)]
         assert errs[1] < errs[0], (name, errs)
     assert sliced_wasserstein(sample(m, noise, "dpmpp_2m_karras", 25), truth) < 0.03
+
+
+@pytest.mark.parametrize("name", ["pndm", "ddim", "euler", "euler_a", "lms", "dpmpp_2m"])
+def test_inpaint_callback_matches_diffusers_loop(name):
+    "diffusers' StableDiffusionInpaintPipeline loop for a 4-channel UNet at strength 1 (noise * init_noise_sigma)."
+    from sd_from_scratch.samplers import inpaint_callback
+    steps = 8
+    init = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    mask = (torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(8)) > 0.5).float()
+    sch = ref_scheduler(name, SD)
+    sch.set_timesteps(steps)
+    sch.set_begin_index(0) if hasattr(sch, "set_begin_index") else None
+    x, g = NOISE * sch.init_noise_sigma, torch.Generator().manual_seed(9)
+    kw = {"generator": g} if name in STOCHASTIC else {}
+    ts = sch.timesteps
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, t in enumerate(ts):
+            x = sch.step(model(sch.scale_model_input(x, t), t), t, x, **kw).prev_sample
+            known = init
+            if i < len(ts) - 1: known = sch.add_noise(init, NOISE, torch.tensor([ts[i + 1]]))
+            x = (1 - mask) * known + mask * x
+    plan = sampling_plan(name, steps, SD)
+    ours = sample(model, NOISE, name, steps, SD, generator=torch.Generator().manual_seed(9),
+                  callback=inpaint_callback(plan, init, NOISE, mask))
+    assert (ours - x).abs().max().item() <= 1e-4
