@@ -87,9 +87,13 @@ def test_folder_layouts(tok, tmp_path):
     m = CLIPTextModel.from_pretrained(tmp_path / "clip")
     with torch.no_grad():
         assert maxdiff(m(ids), full.text_model(ids).last_hidden_state) <= TOL
-    # dtype on load
+    # dtype on load; float32 by default even from a half-precision checkpoint; parameters stay trainable
     m16 = CLIPTextModel.from_pretrained(tmp_path / "pipe", dtype=torch.bfloat16)
     assert m16.dtype == torch.bfloat16 and m16(ids).dtype == torch.bfloat16
+    hf.half().save_pretrained(tmp_path / "half")
+    m = CLIPTextModel.from_pretrained(tmp_path / "half")
+    assert all(p.dtype == torch.float32 and p.requires_grad and isinstance(p, torch.nn.Parameter) for p in m.parameters())
+    assert not any(p.is_meta for p in m.parameters())
 
 def test_errors(tok, tmp_path):
     m = CLIPTextModel.from_config(TINY)

@@ -151,3 +151,23 @@ def test_hypothesis_parity(tok, hf, texts):
     assert ours.input_ids.tolist() == theirs.input_ids.tolist(), texts
     assert torch.equal(ours.attention_mask, theirs.attention_mask)
     for t in texts: assert tok.decode(tok.encode(t)) == hf.decode(hf.encode(t)), t
+
+# Without the `regex` package: `re` patterns built from Python's unicodedata tables give the same pieces and ids.
+@pytest.fixture(scope="module")
+def re_patterns():
+    from sd_from_scratch.tokenizer import clip_patterns
+    return clip_patterns(use_regex=False)
+
+def test_fallback_patterns_corpus(tok, hf, re_patterns, monkeypatch):
+    import sd_from_scratch.tokenizer as T
+    monkeypatch.setattr(T, "_WS", re_patterns[0]); monkeypatch.setattr(T, "PAT", re_patterns[1])
+    t2 = CLIPTokenizer()
+    assert torch.equal(t2(CORPUS, warn=False).input_ids, hf_ids(hf, CORPUS).input_ids)
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(chars, max_size=60))
+def test_fallback_patterns_hypothesis(re_patterns, s):
+    import regex
+    from sd_from_scratch.tokenizer import CLIP_PATTERN
+    assert re_patterns[0].sub(" ", s) == regex.sub(r"\s+", " ", s)
+    assert re_patterns[1].findall(s) == regex.findall(CLIP_PATTERN, s)
