@@ -164,3 +164,10 @@ def test_frechet_mistakes():
     fails(check_frechet_distance, no_two, "factor 2")
     fails(check_frechet_distance, elementwise, "matrix square root")
     fails(check_frechet_distance, lambda *a: S.solution_frechet_distance(*a) ** 0.5, "no final square root")
+
+def test_to_model_range_mistakes():
+    from sd_from_scratch.exercises.schedule import check_to_model_range
+    check_to_model_range(S.solution_to_model_range)
+    fails(check_to_model_range, lambda a: torch.from_numpy(a).float().div(255).permute(2, 0, 1)[None], "in [0, 1]")
+    fails(check_to_model_range, lambda a: (torch.from_numpy(a).float() / 127.5 - 1)[None], "channels are last")
+    fails(check_to_model_range, lambda a: (torch.from_numpy(a).double() / 127.5 - 1).permute(2, 0, 1)[None], "wrong dtype")
