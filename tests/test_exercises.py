@@ -171,3 +171,6 @@ def test_to_model_range_mistakes():
     fails(check_to_model_range, lambda a: torch.from_numpy(a).float().div(255).permute(2, 0, 1)[None], "in [0, 1]")
     fails(check_to_model_range, lambda a: (torch.from_numpy(a).float() / 127.5 - 1)[None], "channels are last")
     fails(check_to_model_range, lambda a: (torch.from_numpy(a).double() / 127.5 - 1).permute(2, 0, 1)[None], "wrong dtype")
+
+def test_frechet_non_number():
+    fails(check_frechet_distance, lambda *a: (1.0, 2.0), "return one number")
