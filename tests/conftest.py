@@ -11,3 +11,11 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_sessionstart(session):
     os.environ.setdefault("MPLBACKEND", "Agg")
+
+@pytest.fixture(scope="module")
+def one_thread():
+    "Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP oversubscription makes them 10× slower."
+    import torch
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

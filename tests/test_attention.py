@@ -2,12 +2,7 @@
 import pytest, torch
 from sd_from_scratch.attention import Attention, attention_naive, attention_sliced, mask_to_bias, ATTENTION_BACKENDS
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP oversubscription makes them 10× slower."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: torch pinned to 1 thread
 
 @pytest.mark.parametrize("context_dim", [None, 12])
 def test_matches_diffusers(context_dim):

@@ -9,12 +9,7 @@ from sd_from_scratch.metrics import (CLIPScorer, GaussianGuidanceWorld, RandomCo
 
 scipy_linalg = pytest.importorskip("scipy.linalg")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Tiny tensors: on a busy 2-core CI box, thread hand-offs cost more than they save."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: torch pinned to 1 thread
 
 def reference_frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     "pytorch-fid's calculate_frechet_distance (scipy sqrtm of the product, eps·I retry, real part)."

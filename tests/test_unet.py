@@ -8,12 +8,7 @@ from sd_from_scratch.unet import (UNet2DConditionModel, SD15_UNET_CONFIG, SD15_I
 
 TOL = 1e-4
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP oversubscription makes them 10× slower."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: torch pinned to 1 thread
 SD2_TINY = tiny_unet_config(block_out_channels=[32, 64, 64], layers_per_block=2, attention_head_dim=[2, 4, 4],
                             down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
                             up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
