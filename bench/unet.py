@@ -13,7 +13,7 @@ memory the forward needs on top of the weights, and also the whole process's pea
 Where CUDA is available, the same comparison runs in fp16 on the GPU (time with cuda.synchronize, peak memory with
 torch.cuda.max_memory_allocated); on a CPU-only machine that part says so and is skipped.
 
-usage: python bench/unet.py [--threads N] [--rounds R] [--size 64] [--batch 2] [--no-memory] [--no-cuda]
+usage: python bench/unet.py [--threads N] [--rounds R] [--size 64] [--batch 2] [--no-memory] [--no-cuda] [--fuse-qkv]
 """
 import argparse, json, os, statistics, subprocess, sys, time
 from pathlib import Path
@@ -80,6 +80,7 @@ m = m.to_empty(device='cpu').eval()
 torch.manual_seed(0)
 with torch.no_grad():
     for p in m.parameters(): p.normal_(0, 0.02)
+if {ours} and {fuse}: m.fuse_qkv_projections()
 g = torch.Generator().manual_seed(0)
 x, ctx = torch.randn({batch}, 4, {size}, {size}, generator=g), torch.randn({batch}, 77, 768, generator=g)
 def fwd():
@@ -94,9 +95,9 @@ print(json.dumps(dict(extra=status('VmHWM') - before, peak=status('VmHWM'), weig
 """
 
 
-def peak_memory(is_ours, threads, batch, size):
+def peak_memory(is_ours, threads, batch, size, fuse=False):
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    code = CHILD.format(root=str(ROOT), threads=threads, ours=is_ours, batch=batch, size=size)
+    code = CHILD.format(root=str(ROOT), threads=threads, ours=is_ours, batch=batch, size=size, fuse=fuse)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if r.returncode: raise RuntimeError(r.stderr[-2000:])
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -110,12 +111,14 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-cuda", action="store_true")
+    ap.add_argument("--fuse-qkv", action="store_true", help="our UNet with fused q/k/v projections (one matmul per attention)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"SD v1.5 UNet, batch {args.batch}×4×{args.size}×{args.size}, context {args.batch}×77×768, fp32 CPU, "
-          f"{args.threads} threads, torch {torch.__version__}")
+          f"{args.threads} threads, torch {torch.__version__}" + (", ours with fused q/k/v" if args.fuse_qkv else ""))
 
     ours, theirs = build_pair()
+    if args.fuse_qkv: ours.fuse_qkv_projections()
     x, t, ctx = make_inputs(args.batch, args.size)
     to, td, diff = time_pair(ours, theirs, x, t, ctx, args.rounds)
     del ours, theirs
@@ -126,7 +129,7 @@ def main():
     print(f"      all rounds: diffusers {[round(v, 2) for v in td]}  ours {[round(v, 2) for v in to]}")
 
     if not args.no_memory:
-        mo = peak_memory(True, args.threads, args.batch, args.size)
+        mo = peak_memory(True, args.threads, args.batch, args.size, args.fuse_qkv)
         md = peak_memory(False, args.threads, args.batch, args.size)
         print(f"peak memory (separate child processes, VmHWM reset before the forward; weights {mo['weights']:.0f} MiB):")
         print(f"      extra during forward: diffusers {md['extra']:7.1f} MiB   ours {mo['extra']:7.1f} MiB   "
@@ -138,6 +141,7 @@ def main():
         print("CUDA not available: fp16 GPU comparison skipped" if not args.no_cuda else "CUDA comparison disabled")
         return
     ours, theirs = build_pair("cuda", torch.float16)
+    if args.fuse_qkv: ours.fuse_qkv_projections()
     x, t, ctx = make_inputs(args.batch, args.size, "cuda", torch.float16)
     to, td, diff = time_pair(ours, theirs, x, t, ctx, max(args.rounds, 10), "cuda")
     print(f"fp16 CUDA ({torch.cuda.get_device_name()}): max |Δε| = {diff:.2e}; time diffusers {min(td) * 1e3:.1f} ms, "

@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = ['load_default']
 
-# %% ../nbs/index.ipynb #a185b525
+# %% ../nbs/index.ipynb #125b0206
 def load_default(device=None, dtype=None):
     "The tiny text-to-image model this project trained and ships (lesson 12), as a `StableDiffusion` pipeline."
     from .toy import load_default as _load_default

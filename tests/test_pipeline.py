@@ -60,6 +60,22 @@ def test_txt2img_same_seed_same_image(tiny, sampler):
     assert a.shape == b.shape == (2, H, W, 3)
     assert maxdiff(a, b) <= TOL, f"{sampler}: max |Δ| = {maxdiff(a, b)}"
 
+def test_defaults_follow_the_folder(tmp_path):
+    "No sampler and no size given: like diffusers, use the folder's scheduler class and the UNet's native size."
+    from diffusers import DDIMScheduler
+    d = tmp_path / "ddim"
+    ref = make_tiny_sd(d)
+    ref.scheduler = DDIMScheduler.from_config(ref.scheduler.config)
+    ref.save_pretrained(d)                                       # the folder now names DDIMScheduler
+    ours = StableDiffusion.from_pretrained(d); ours.progress = False
+    assert ours.default_sampler == "ddim"
+    a = ref("a red 7 on a blue background", num_inference_steps=STEPS, generator=gen(3), output_type="np").images
+    b = ours("a red 7 on a blue background", steps=STEPS, seed=3, output_type="np")
+    size = ref.unet.config.sample_size * ref.vae_scale_factor
+    assert a.shape == b.shape == (1, size, size, 3)
+    assert maxdiff(a, b) <= TOL
+    assert maxdiff(b, ours("a red 7 on a blue background", steps=STEPS, seed=3, sampler="pndm", output_type="np")) > 1e-4
+
 def test_txt2img_num_images_and_generator(tiny):
     d, ref, ours = tiny
     ref.scheduler = diffusers_scheduler("euler_a", ours.scheduler_config)

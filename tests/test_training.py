@@ -99,3 +99,13 @@ def test_two_processes_with_accelerate(base, tmp_path):
     assert (tmp_path / "model_index.json").exists()
     w = _weights(tmp_path)
     assert all(torch.isfinite(v).all() for v in w.values())
+
+def test_noise_offset_is_a_resume_option(base, tmp_path):
+    "Checkpoints from before `noise_offset` existed resume with its default (0); changing it mid-run is refused."
+    _train(tmp_path, base, 3)
+    st = tmp_path / "checkpoint-3" / "state.json"
+    s = json.loads(st.read_text()); del s["config"]["noise_offset"]; st.write_text(json.dumps(s))   # an older checkpoint
+    r = subprocess.run([PY, "-m", "sd_from_scratch.training", *_args(tmp_path, base, 6, "--resume", "--noise-offset", "0.1")],
+                       env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "noise_offset" in r.stderr
+    assert "resumed from" in _train(tmp_path, base, 6, "--resume").stderr
