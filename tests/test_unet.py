@@ -115,7 +115,7 @@ def test_strict_loading_lists_keys():
     with torch.device("meta"): m = UNet2DConditionModel(tiny_unet_config())
     sd = UNet2DConditionModel.from_config(tiny_unet_config()).state_dict()
     sd["extra.weight"] = sd.pop("conv_out.weight")
-    with pytest.raises(RuntimeError) as e: load_strict(m, sd)
+    with pytest.raises(ValueError) as e: load_strict(m, sd)
     assert "missing keys (1): conv_out.weight" in str(e.value) and "unexpected keys (1): extra.weight" in str(e.value)
 
 def test_config_errors():
