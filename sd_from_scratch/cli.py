@@ -112,9 +112,9 @@ def parse_size(s: str | None):
     return w, h
 
 def native_size(pipe) -> tuple[int, int]:
-    cfg = pipe.unet.config
-    s = (cfg["sample_size"] if isinstance(cfg, dict) else cfg.sample_size) * pipe.vae_scale_factor
-    return (s, s) if isinstance(s, int) else (s[1], s[0])
+    "(width, height) the model was trained for (the pipeline's `default_hw` is height, width)."
+    h, w = pipe.default_hw
+    return w, h
 
 # %% ../nbs/16_cli.ipynb #1cd0da6f
 def _settings(a, kind: str) -> dict:

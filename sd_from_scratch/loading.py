@@ -8,16 +8,17 @@ import json, os, re, tempfile, warnings
 from pathlib import Path
 import torch
 from .vae import check_state_dict
+from .tokenizer import write_vocab_merges        # lesson 03 writes the hub layout
 
 # %% auto #0
 __all__ = ['WEIGHT_NAMES', 'IGNORABLE', 'PREFIXES', 'PIPELINE_COMPONENTS', 'CLIP_PREFIXES', 'SD15_UNET_CONFIG', 'SD15_VAE_CONFIG',
            'SD15_TEXT_CONFIG', 'SD15_SCHEDULER_CONFIG', 'read_json', 'read_model_index', 'read_config',
            'load_state_dict', 'find_weights', 'load_component_weights', 'align_prefix', 'load_weights',
-           'tokenizer_vocab_merges', 'write_vocab_merges', 'hub_tokenizer_dir', 'hub_patterns', 'is_hub_id',
-           'offline_help', 'download_pipeline', 'resolve_pipeline_dir', 'unet_key_to_ldm', 'unet_key_from_ldm',
-           'unet_to_ldm', 'unet_from_ldm', 'vae_key_to_ldm', 'vae_key_from_ldm', 'vae_to_ldm', 'vae_from_ldm',
-           'clip_to_ldm', 'clip_from_ldm', 'split_ldm_checkpoint', 'join_ldm_checkpoint', 'load_ldm_checkpoint',
-           'save_ldm_checkpoint', 'single_file_configs']
+           'tokenizer_vocab_merges', 'hub_tokenizer_dir', 'hub_patterns', 'is_hub_id', 'offline_help',
+           'download_pipeline', 'resolve_pipeline_dir', 'unet_key_to_ldm', 'unet_key_from_ldm', 'unet_to_ldm',
+           'unet_from_ldm', 'vae_key_to_ldm', 'vae_key_from_ldm', 'vae_to_ldm', 'vae_from_ldm', 'clip_to_ldm',
+           'clip_from_ldm', 'split_ldm_checkpoint', 'join_ldm_checkpoint', 'load_ldm_checkpoint', 'save_ldm_checkpoint',
+           'single_file_configs']
 
 # %% ../nbs/09_loading.ipynb #6d29f74b
 def read_json(path) -> dict:
@@ -133,13 +134,6 @@ def tokenizer_vocab_merges(folder) -> tuple[dict[str, int], list[str]]:
         merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
         return dict(model["vocab"]), merges
     raise FileNotFoundError(f"no tokenizer in {folder}: expected vocab.json + merges.txt, or tokenizer.json")
-
-def write_vocab_merges(folder, vocab: dict, merges: list[str]) -> Path:
-    "Write vocab.json + merges.txt (the hub layout) into `folder`."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return folder
 
 def hub_tokenizer_dir(folder) -> Path:
     "`folder` if it has vocab.json + merges.txt; otherwise a temporary folder with both, extracted from tokenizer.json."

@@ -14,7 +14,8 @@ from .vae import randn_tensor
 from .guidance import cfg_combine, rescale_noise_cfg
 from .loading import (resolve_pipeline_dir, read_model_index, read_config, load_component_weights, load_weights,
                       hub_tokenizer_dir, load_ldm_checkpoint, single_file_configs, tokenizer_vocab_merges,
-                      write_vocab_merges, find_weights)
+                      find_weights)
+from .tokenizer import write_vocab_merges
 
 # %% auto #0
 __all__ = ['SAMPLERS', 'THRESHOLDING_SAMPLERS', 'OUTPUT_TYPES', 'LATENT_RGB_SD15', 'guide', 'latents_to_rgb', 'fit_latent_rgb',

@@ -12,7 +12,7 @@ import torch
 # %% auto #0
 __all__ = ['VOCAB_FILE', 'SOT', 'EOT', 'N_MERGES', 'MODEL_MAX_LENGTH', 'WHITE_SPACE', 'CLIP_PATTERN', 'PAT', 'SPECIAL_SPLIT',
            'logger', 'default_vocab_path', 'read_bpe_merges', 'bytes_to_unicode', 'build_clip_vocab', 'clip_patterns',
-           'normalize', 'pre_tokenize', 'bpe', 'BatchEncoding', 'CLIPTokenizer']
+           'normalize', 'pre_tokenize', 'bpe', 'BatchEncoding', 'CLIPTokenizer', 'write_vocab_merges']
 
 # %% ../nbs/03_tokenizer.ipynb #51afcfe7
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -273,12 +273,16 @@ def _from_pretrained(cls, path, subfolder: str | None = None, **kwargs):
     kw.update(kwargs)
     return cls(vocab, merges, **kw)
 
+def write_vocab_merges(folder, vocab: dict, merges: list[str]) -> Path:
+    "Write vocab.json + merges.txt (the hub layout; merges as 'a b' strings, in rank order) into `folder`."
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return folder
+
 def _save_pretrained(self, path):
     "Write vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json (loadable by 🤗 transformers)."
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.json").write_text(json.dumps(self.encoder, ensure_ascii=False), encoding="utf-8")
-    merges = sorted(self.bpe_ranks, key=self.bpe_ranks.get)
-    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
+    path = write_vocab_merges(path, self.encoder, [" ".join(m) for m in sorted(self.bpe_ranks, key=self.bpe_ranks.get)])
     special = dict(bos_token=SOT, eos_token=EOT, unk_token=EOT, pad_token=self.pad_token)
     (path / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
     cfg = dict(tokenizer_class="CLIPTokenizer", model_max_length=self.model_max_length, do_lower_case=True,

@@ -311,10 +311,10 @@ def generate(unet, vae, text_encoder, tokenizer, prompts: list[str], guidance_sc
     """Images (B×3×H×W in [0, 1]) for `prompts`, with CFG; noise from one CPU generator seeded with `seed`.
     `sampler` None: the one the scheduler config names (`samplers.default_sampler`)."""
     from sd_from_scratch.samplers import sample, default_sampler
+    from sd_from_scratch.training import scaling_factor
     sc = scheduler_config or TOY_SCHEDULER_CONFIG
     sampler = sampler or default_sampler(sc)
-    sf = float(getattr(vae, "scaling_factor", None) or vae.config["scaling_factor"])
-    f = 2 ** (len(vae.config["block_out_channels"]) - 1)
+    sf = scaling_factor(vae)
     C, H = unet.config["in_channels"], unet.config["sample_size"]
     g = torch.Generator().manual_seed(seed)
     out = []

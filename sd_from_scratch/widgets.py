@@ -41,8 +41,7 @@ class Explorer:
         self.result = W.Image(format="png")
         self.button.on_click(lambda _: self.generate())
         self.history = []        # (step, preview PIL) of the last run, for plotting
-        cfg = pipe.unet.config   # the model's native size: UNet sample_size × the VAE's downsampling factor
-        self.size = int(cfg["sample_size"]) * pipe.vae_scale_factor
+        self.size = pipe.default_hw[0]   # the model's native size: UNet sample_size × the VAE's downsampling factor
 
     def settings(self) -> dict:
         "The controls' current values as keyword arguments of `StableDiffusion.__call__`."
@@ -82,7 +81,7 @@ def comparison_grid(pipe, prompt: str, samplers=("pndm", "ddim", "euler_a", "dpm
                     seed: int = 0, steps: int = 20, cell: int = 64, size: int | None = None, **kw):
     "A labelled figure: one row per sampler, one column per guidance scale, same seed everywhere (`size`² pixels)."
     import matplotlib.pyplot as plt
-    size = size or int(pipe.unet.config["sample_size"]) * pipe.vae_scale_factor     # default: the model's native size
+    size = size or pipe.default_hw[0]     # default: the model's native size
     fig, axs = plt.subplots(len(samplers), len(scales), figsize=(1.3 * len(scales) + 0.6, 1.3 * len(samplers)), squeeze=False)
     for r, s in enumerate(samplers):
         for c, w in enumerate(scales):
