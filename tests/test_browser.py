@@ -212,7 +212,7 @@ def test_explorer_in_a_real_browser(lab, browser, tmp_path):
     assert threshold.first_selected_option.text == "off"
     assert Select(_q(browser, ".sdfs-sampler select")).first_selected_option.text == "ddim"
     before = clock.wait("the result image from Run All", lambda: _img_info(browser, ".sdfs-result"), 10)
-    pv = _img_info(browser, ".sdfs-preview")     # the last step's preview of Run All, really laid out at its size
+    pv0 = pv = _img_info(browser, ".sdfs-preview")     # the last step's preview of Run All, really laid out at its size
     assert pv and abs(pv["w"] - PREVIEW_W) <= 1 and abs(pv["h"] - PREVIEW_W * pv["nh"] / pv["nw"]) <= 1, pv
     if shots:
         Path(shots).mkdir(parents=True, exist_ok=True); _screenshot(browser, explorer, Path(shots) / "15_explorer_before.png")
@@ -240,6 +240,7 @@ def test_explorer_in_a_real_browser(lab, browser, tmp_path):
     assert abs(after["w"] - after["nw"]) <= 1 and abs(after["h"] - after["nh"]) <= 1, (after["w"], after["h"])
     # The preview keeps the latents' aspect ratio (square) at its fixed width, not stretched to the controls' height.
     pv = _img_info(browser, ".sdfs-preview")
+    assert pv["png"] != pv0["png"], "the preview did not follow the new run"
     assert abs(pv["w"] - PREVIEW_W) <= 1 and abs(pv["h"] - PREVIEW_W * pv["nh"] / pv["nw"]) <= 1, pv
     assert pv["nw"] == pv["nh"], pv
 
