@@ -115,3 +115,53 @@ def test_setup_offline_wheels_folder(tmp_path):
     assert_no_outside_index(calls)
     installs = [c for c in pip_calls(calls) if "install" in c]
     assert installs and all("--no-index" in c and "wheels" in c for c in installs), installs
+
+
+# ---- bench/gpu_all.py: the CPU dry run is the device script's own code path (minus CUDA graphs)
+
+def _gpu_all():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_all
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return gpu_all
+
+
+def test_gpu_all_dry_run(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("OUT", None)
+    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_all.sh"), "--dry-run", "--out", str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rep = json.loads((tmp_path / "gpu_all.json").read_text())
+    par = rep["parity"]
+    assert par["ok"] and par["eps_ours_vs_diffusers"] <= 1e-4 and par["image_ours_vs_diffusers"] <= 1e-4, par
+    assert par["image_size"] == [128, 128]
+    rows = {row["key"]: row for row in rep["rows"]}
+    assert list(rows) == list(_gpu_all().VARIANTS)
+    for k in ("diffusers", "ours", "ours_cl_fused", "ours_compile"):
+        assert rows[k]["status"] == "ok" and rows[k]["its"] > 0 and rows[k]["d_eps"] <= 1e-4, rows[k]
+    assert "fullgraph=True failed" not in rows["ours_compile"]["note"]      # dynamo traced our UNet in one graph
+    assert rows["ours_compile_cg"] == {**rows["ours_compile_cg"], "status": "skipped", "note": "CUDA only"}
+    last = r.stdout[r.stdout.rindex("# bench/gpu_all.py"):]                 # the table is printed last
+    assert "| ours eager |" in last and "DRY RUN" in last and last.rstrip().splitlines()[-1].startswith("written:")
+    assert (tmp_path / "gpu_all.md").read_text() in r.stdout
+
+
+def test_gpu_all_budget_fallback(tmp_path):
+    "A variant still running when the budget ends is killed; its row says so and the table keeps the rest."
+    g = _gpu_all()
+    import argparse
+    a = argparse.Namespace(dry_run=True, compile_mode=None)
+    row = g.run_child("ours_compile", a, g.settings(True), tmp_path, seconds=0.2)
+    assert row["status"] == "timeout" and "time budget" in row["note"]
+    rep = dict(dry_run=True, budget_s=1, elapsed_s=1, what="x", parity=None,
+               info=dict(date="d", gpu="g", torch="t", cuda=None, diffusers="d", transformers="t", python="p", dtype="float32"),
+               rows=[dict(key="diffusers", label="diffusers eager SDPA", its=2.0, peak_mib=10.0, reserved_mib=12.0, d_eps=0.0,
+                          first_call_s=0.1, status="ok", note=""),
+                     dict(key="ours", label="ours eager", its=4.0, peak_mib=5.0, reserved_mib=6.0, d_eps=1e-3,
+                          first_call_s=0.1, status="ok", note=""), row])
+    md = g.table(rep)
+    assert "| ours eager | 4.00 | 2.00 | 5 | 0.50 |" in md and "timeout: killed after" in md
+    assert "Fastest of ours: ours eager: 2.00× diffusers' it/s, memory 0.50×" in md
