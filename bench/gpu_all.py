@@ -63,7 +63,7 @@ def env_info(S) -> dict:
             info["driver"] = q.stdout.strip().splitlines()[0]
         except Exception: info["driver"] = "?"
     else:
-        info["gpu"] = f"none (dry run on the CPU, {torch.get_num_threads()} threads)"
+        info["gpu"] = f"none (dry run on the CPU, torch threads: {torch.get_num_threads()})"
     return info
 
 
@@ -206,7 +206,8 @@ def table(report) -> str:
              f"diffusers {info['diffusers']}  transformers {info['transformers']}  Python {info['python']}", "",
              f"UNet {report['what']}", ""]
     if par:
-        lines += [f"Parity ({info['dtype']}, same weights and noise; diffusers fp16 vs fp32 in brackets = rounding floor): "
+        lines += [f"Parity ({info['dtype']}, same weights and noise; in brackets diffusers {info['dtype']} vs fp32, the "
+                  f"rounding floor): "
                   f"max |Δε| {par['eps_ours_vs_diffusers']:.3g} [{par['eps_diffusers_fp16_vs_fp32']:.3g}] (|ε| ≤ "
                   f"{par['eps_max_abs']:.2f}); {par['image_size'][0]}×{par['image_size'][1]} image after {par['image_steps']} "
                   f"DDIM steps, CFG {GUIDANCE}: max |Δ| {par['image_ours_vs_diffusers']:.3g} "
