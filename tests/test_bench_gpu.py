@@ -26,14 +26,19 @@ if args[:2] == ["-m", "venv"]:
     (d / "pyvenv.cfg").write_text(f"include-system-site-packages = {{str('--system-site-packages' in args).lower()}}\n")
 elif args[:2] == ["-m", "pip"]:
     if "--version" in args: print("pip 0.0 (fake)")
-    if "install" in args and any(a.startswith("torch==") for a in args) and venv: fake_torch(venv / "own", False)
+    if "install" in args and venv:                                  # each named package appears in the venv
+        for i, a in enumerate(args[args.index("install") + 1:], args.index("install") + 1):
+            if a.startswith((".", "-")) or args[i - 1] in ("--find-links", "-f"): continue
+            name = a.split("=")[0].split("<")[0].split(">")[0]
+            if name == "torch": fake_torch(venv / "own", False)          # a registry torch: a CPU build here
+            else: (venv / "own" / name).mkdir(parents=True, exist_ok=True); (venv / "own" / name / "__init__.py").write_text("")
 elif args[:1] == ["-c"]:
     paths = [os.environ["FAKE_SYS_SITE"]] if venv is None else (
         [str(venv / "own")] * (venv / "own").exists()
         + [os.environ["FAKE_SYS_SITE"]] * ("true" in (venv / "pyvenv.cfg").read_text()))
     sys.path[:0] = paths
     exec(compile(args[1], "<string>", "exec"), {{"__name__": "__main__"}})
-else:
+elif not (args and args[0].endswith(".py")):                         # a script: only logged
     sys.exit(f"fake python: unexpected arguments {{args}}")
 '''
 
@@ -165,3 +170,25 @@ def test_gpu_all_budget_fallback(tmp_path):
     md = g.table(rep)
     assert "| ours eager | 4.00 | 2.00 | 5 | 0.50 |" in md and "timeout: killed after" in md
     assert "Fastest of ours: ours eager: 2.00× diffusers' it/s, memory 0.50×" in md
+
+
+def test_gpu_all_installs_missing_packages_offline_from_wheels(tmp_path):
+    "bench/gpu_all.sh on a GPU image without diffusers: a system-site venv, pip --no-index from wheels/, nothing else."
+    repo, bin_, site = tmp_path / "repo", tmp_path / "bin", tmp_path / "system-site"
+    for d in (repo / "bench", repo / "wheels", bin_, site / "torch"): d.mkdir(parents=True)
+    shutil.copy(ROOT / "bench" / "gpu_all.sh", repo / "bench")
+    (repo / "wheels" / "diffusers-0.42.1-py3-none-any.whl").write_bytes(b"")
+    (site / "torch" / "__init__.py").write_text("class cuda:\n    is_available = staticmethod(lambda: True)\n")
+    _exe(bin_ / "python3", FAKE_PY.format(exe=sys.executable))
+    log, venv = tmp_path / "calls.jsonl", tmp_path / "gpu-venv"
+    env = {"PATH": f"{bin_}:/usr/bin:/bin", "HOME": str(tmp_path), "FAKE_LOG": str(log), "FAKE_SYS_SITE": str(site),
+           "SDFS_GPU_VENV": str(venv)}
+    r = subprocess.run(["bash", str(repo / "bench" / "gpu_all.sh"), "--budget", "300"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = [json.loads(l) for l in log.read_text().splitlines()]
+    assert venv_calls(calls) == [["-m", "venv", "--system-site-packages", str(venv)]]
+    assert_no_outside_index(calls)
+    installs = [c for c in pip_calls(calls) if "install" in c]
+    assert installs == [["-m", "pip", "install", "-q", "--no-index", "--find-links", "wheels", "diffusers", "transformers"]]
+    assert calls[-1] == [str(venv / "bin" / "python"), "bench/gpu_all.py", "--budget", "300"]   # then the bench runs
