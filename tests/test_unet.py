@@ -155,3 +155,22 @@ def test_parity_full_sd15():
     x, ctx = torch.randn(1, 4, 64, 64), torch.randn(1, 77, 768)
     with torch.no_grad(): d = (theirs(x, 981, ctx).sample - ours(x, 981, ctx)).abs().max().item()
     assert d <= TOL, d
+
+
+def test_no_graph_breaks():
+    "torch.compile sees our UNet forward as one graph (fullgraph=True works; CUDA graphs need it), with every option."
+    dynamo = pytest.importorskip("torch._dynamo")
+    if not hasattr(dynamo, "explain") or not dynamo.is_dynamo_supported(): pytest.skip("dynamo is not available here")
+    cfg = tiny_unet_config()
+    torch.manual_seed(0)
+    m = UNet2DConditionModel.from_config(cfg).eval()
+    x, ctx = inputs(cfg)
+    mask = torch.tensor([[1] * 4 + [0] * 3, [1] * 7])
+    for name, args, kw in [("plain", (x, torch.tensor(500), ctx), {}),
+                           ("fused, channels_last, mask, int t", (x.contiguous(memory_format=torch.channels_last), 7, ctx),
+                            dict(encoder_attention_mask=mask))]:
+        if name.startswith("fused"): m.fuse_qkv_projections().to(memory_format=torch.channels_last)
+        dynamo.reset()
+        with torch.no_grad(): e = dynamo.explain(m)(*args, **kw)
+        assert (e.graph_count, e.graph_break_count) == (1, 0), f"{name}: {[b.reason for b in e.break_reasons]}"
+    dynamo.reset()
