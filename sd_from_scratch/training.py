@@ -364,7 +364,7 @@ def check_out(out, resume: bool = False, overwrite: bool = False) -> list[str]:
         shown = ", ".join(n for n in held if not n.startswith("."))[:200] or "unfinished checkpoints"
         raise FileExistsError(f"--out {out} already holds a training run ({shown}): pass --resume to continue it, "
                               f"or --overwrite to move it aside to {out.name}.old-<date-time> and start afresh")
-    if resume and held and not checkpoints(out):
+    if resume and not checkpoints(out) and any(n in RUN_FILES for n in held):
         raise FileExistsError(f"--resume: --out {out} holds a pipeline but no checkpoint-<step> folder to resume from; "
                               f"pass --overwrite to move it aside and start afresh, or choose another --out")
     return held

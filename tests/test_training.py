@@ -233,11 +233,13 @@ def test_data_order_every_sample_once_per_epoch_over_processes_and_micro_batches
            other.micro_batch(1, 0)[3].tolist() != trs[0].micro_batch(1, 0)[3].tolist(), "the seed does not change the data order"
 
 @pytest.mark.filterwarnings("ignore:Seems like:UserWarning")
-def test_the_optimizer_steps_with_the_scheduled_lr_and_accumulated_clipped_gradients(parts, tmp_path, one_thread):
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_the_optimizer_steps_with_the_scheduled_lr_and_accumulated_clipped_gradients(parts, tmp_path, one_thread, clip):
     """At every optimizer step: lr = cfg.lr·lr_lambda(step) (warm-up, then cosine to 0); the gradient is the mean of
-    the micro-batches' gradients (computed here from `micro_batch` and `diffusion_loss`), clipped to max_grad_norm."""
+    the micro-batches' gradients (computed here from `micro_batch` and `diffusion_loss`), clipped to max_grad_norm.
+    (Without clipping, so that a sum instead of a mean shows: clipping would rescale both to the same vector.)"""
     from sd_from_scratch.training import lr_lambda, diffusion_loss
-    tr = _trainer(parts, tmp_path, max_steps=6, warmup_steps=3, lr_schedule="cosine", max_grad_norm=0.05, grad_accum=3)
+    tr = _trainer(parts, tmp_path, max_steps=6, warmup_steps=3, lr_schedule="cosine", max_grad_norm=clip, grad_accum=3)
     assert tr.opt.param_groups[0]["weight_decay"] == tr.cfg.weight_decay and tr.ema.decay == tr.cfg.ema_decay
     seen, real_step = [], tr.opt.step
     def spy_step(*a, **k):
@@ -247,7 +249,7 @@ def test_the_optimizer_steps_with_the_scheduled_lr_and_accumulated_clipped_gradi
             z0, ctx, g, _ = tr.micro_batch(step, m)
             (diffusion_loss(ref, z0, ctx, tr.ac, g, "epsilon") / 3).backward()
         gref = torch.cat([p.grad.flatten() for p in ref.parameters()])
-        gref = gref * min(1.0, 0.05 / (gref.norm() + 1e-6))
+        if clip: gref = gref * min(1.0, clip / (gref.norm() + 1e-6))
         got = torch.cat([p.grad.flatten() for p in tr.unet.parameters()])
         seen.append((tr.opt.param_groups[0]["lr"], (got - gref).abs().max().item(), got.norm().item()))
         return real_step(*a, **k)
@@ -256,7 +258,8 @@ def test_the_optimizer_steps_with_the_scheduled_lr_and_accumulated_clipped_gradi
     assert len(seen) == 6
     for s, (lr, dg, norm) in enumerate(seen):
         assert lr == pytest.approx(1e-2 * lr_lambda(s, 3, 6, "cosine"), rel=1e-6), (s, lr)
-        assert dg < 1e-6 and norm <= 0.05 * (1 + 1e-4), (s, dg, norm)
+        assert dg < 1e-6 and norm <= (clip or math.inf) * (1 + 1e-4), (s, dg, norm)
+    if clip: assert max(n for _, _, n in seen) > 0.9 * clip, "the test's gradients were never large enough to be clipped"
     assert seen[0][0] == pytest.approx(1e-2 / 3) and seen[2][0] == pytest.approx(1e-2)
     assert lr_lambda(6, 3, 6, "cosine") == pytest.approx(0.0, abs=1e-12)
 
@@ -439,3 +442,14 @@ def test_pruning_never_deletes_a_newer_checkpoint(tmp_path):
     for s in (8, 10): atomic_save(tmp_path, s, lambda p: None, keep_last=2)
     assert [s for s, _ in checkpoints(tmp_path)] == [8, 10]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+
+def test_check_out_cases(tmp_path):
+    "A run killed while writing its first checkpoint resumes (from scratch); a bare pipeline folder is not a run to resume."
+    from sd_from_scratch.training import check_out
+    killed = tmp_path / "killed"; (killed / ".tmp-checkpoint-3").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="unfinished checkpoints"): check_out(killed)
+    assert check_out(killed, resume=True) == [".tmp-checkpoint-3"]
+    pipe = tmp_path / "pipe"; pipe.mkdir(); (pipe / "model_index.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="no checkpoint"): check_out(pipe, resume=True)
+    other = tmp_path / "photos"; other.mkdir(); (other / "cat.png").write_bytes(b"")
+    assert check_out(other) == [] and check_out(tmp_path / "new" / "deeper") == [] and (tmp_path / "new" / "deeper").is_dir()
