@@ -124,22 +124,25 @@ class MinSide(RowFilter):
         return w is not None and h is not None and min(w, h) >= self.threshold
 
 def sd_filters(min_side: int | None = 512, min_similarity: float | None = 0.28, max_watermark: float | None = 0.5,
-               max_unsafe: float | None = 0.1, min_aesthetic: float | None = 5.0) -> list[RowFilter]:
-    """The seed's filters, in funnel order (None skips one). Defaults: SD v1.2+'s improved_aesthetics_5plus at 512²
-    (size ≥ 512, aesthetic > 5.0, pwatermark < 0.5; model card) after LAION's CLIP filter (similarity ≥ 0.28),
-    plus SD 2's punsafe < 0.1."""
+               max_unsafe: float | None = None, min_aesthetic: float | None = 5.0, aesthetic_op: str = ">") -> list[RowFilter]:
+    """The seed's filters, in funnel order (None skips one). Defaults: SD v1.2's laion-improved-aesthetics at 512²
+    (size ≥ 512, aesthetic > 5.0, pwatermark < 0.5; the SD v1 model card) after LAION's CLIP filter (similarity ≥ 0.28).
+    No SD v1 stage filtered on punsafe: `max_unsafe=0.1` (with aesthetic ≥ 4.5, no watermark filter) is SD 2.0's set."""
     fs = []
     if min_similarity is not None: fs.append(RowFilter(f"similarity ≥ {min_similarity}", "similarity", ">=", min_similarity))
     if min_side is not None: fs.append(MinSide(min_side))
     if max_watermark is not None: fs.append(RowFilter(f"pwatermark < {max_watermark}", "pwatermark", "<", max_watermark))
     if max_unsafe is not None: fs.append(RowFilter(f"punsafe < {max_unsafe}", "punsafe", "<", max_unsafe))
-    if min_aesthetic is not None: fs.append(RowFilter(f"aesthetic > {min_aesthetic}", "aesthetic", ">", min_aesthetic))
+    if min_aesthetic is not None:
+        if aesthetic_op not in (">", ">="): raise ValueError(f"aesthetic_op must be '>' or '>=', got {aesthetic_op!r}")
+        fs.append(RowFilter(f"aesthetic {'≥' if aesthetic_op == '>=' else '>'} {min_aesthetic}", "aesthetic", aesthetic_op, min_aesthetic))
     return fs
 
 SD_STAGES = {
     "v1.1 · 256² · laion2B-en": dict(min_side=256, max_watermark=None, max_unsafe=None, min_aesthetic=None),
     "v1.1 · 512² · laion-high-resolution": dict(min_side=1024, max_watermark=None, max_unsafe=None, min_aesthetic=None),
-    "v1.2+ · 512² · improved_aesthetics_5plus": dict(min_side=512),
+    "v1.2+ · 512² · improved_aesthetics_5plus": dict(min_side=512),             # v1.2 (> 5.0); v1.4/1.5: laion-aesthetics v2 5+
+    "2.0 · 512² · LAION-5B, punsafe < 0.1": dict(min_side=512, max_watermark=None, max_unsafe=0.1, min_aesthetic=4.5, aesthetic_op=">="),
 }
 
 # %% ../nbs/14_data.ipynb #53aa2941

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_training.ipynb #0df40fc5
 from __future__ import annotations
-import argparse, contextlib, hashlib, json, math, os, random, re, shutil, sys, time
+import argparse, contextlib, hashlib, json, math, os, random, re, shutil, sys, tempfile, time
 from dataclasses import dataclass, field, asdict, fields
 from functools import lru_cache
 from pathlib import Path
@@ -14,13 +14,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from .schedule import make_betas, alphas_cumprod, add_noise
 
+
 # %% auto #0
-__all__ = ['PREDICTION_TYPES', 'IMAGE_EXTS', 'CKPT_RE', 'RESUME_KEYS', 'DIFFUSERS_VERSION', 'velocity', 'diffusion_target',
-           'diffusion_loss', 'drop_captions', 'seed_from', 'step_generator', 'epoch_permutation', 'sample_indices',
-           'lr_lambda', 'make_optimizer', 'EMA', 'FolderDataset', 'encode_images', 'encode_captions', 'rng_state',
-           'set_rng_state', 'checkpoints', 'latest_checkpoint', 'atomic_save', 'TrainConfig', 'make_accelerator',
-           'autocast_dtype', 'default_base', 'load_frozen', 'scaling_factor', 'save_pipeline', 'Trainer', 'plot_losses',
-           'Subset', 'build_dataset', 'train', 'build_parser', 'config_from_args', 'cli_main']
+__all__ = ['PREDICTION_TYPES', 'IMAGE_EXTS', 'CKPT_RE', 'RESUME_KEYS', 'RUN_FILES', 'DIFFUSERS_VERSION', 'velocity',
+           'diffusion_target', 'diffusion_loss', 'drop_captions', 'seed_from', 'step_generator', 'epoch_permutation',
+           'sample_indices', 'lr_lambda', 'make_optimizer', 'EMA', 'FolderDataset', 'encode_images', 'encode_captions',
+           'rng_state', 'set_rng_state', 'checkpoints', 'latest_checkpoint', 'atomic_save', 'TrainConfig',
+           'run_contents', 'check_out', 'move_aside', 'make_accelerator', 'autocast_dtype', 'default_base',
+           'load_frozen', 'scaling_factor', 'save_pipeline', 'Trainer', 'plot_losses', 'Subset', 'build_dataset',
+           'train', 'build_parser', 'config_from_args', 'cli_main']
 
 # %% ../nbs/11_training.ipynb #2c421ced
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -55,9 +57,12 @@ def diffusion_loss(unet, z0: torch.Tensor, context: torch.Tensor, alphas_cumprod
 
 # %% ../nbs/11_training.ipynb #41496ebb
 def drop_captions(captions: list[str], p: float = 0.1, generator: torch.Generator | None = None) -> list[str]:
-    "Replace each caption by the empty prompt \"\" with probability `p` (classifier-free guidance training)."
+    """Replace each caption by the empty prompt \"\" with probability `p` (classifier-free guidance training).
+    One uniform draw per caption from `generator`; the `Trainer` calls this for every micro-batch."""
+    if not 0.0 <= p <= 1.0: raise ValueError(f"the caption drop rate must be in [0, 1], got {p!r}")
     keep = torch.rand(len(captions), generator=generator) >= p
     return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
 
 # %% ../nbs/11_training.ipynb #7b5ebc82
 def seed_from(*parts) -> int:
@@ -193,9 +198,10 @@ CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 def rng_state() -> dict:
     "Every global generator's state, as plain tensors and numbers (loadable with `weights_only=True`)."
-    py = random.getstate()
+    py = random.getstate()                       # (version, 625 ints, the cached second value of random.gauss or None)
     npst = np.random.get_state()
     st = {"python_version": py[0], "python_state": torch.tensor(py[1], dtype=torch.int64),
+          "python_has_gauss": int(py[2] is not None), "python_gauss": float(py[2] or 0.0),
           "numpy_keys": torch.from_numpy(npst[1].astype(np.int64)), "numpy_pos": int(npst[2]),
           "numpy_has_gauss": int(npst[3]), "numpy_gauss": float(npst[4]), "torch": torch.get_rng_state()}
     if torch.cuda.is_available(): st["cuda"] = torch.cuda.get_rng_state_all()
@@ -203,7 +209,8 @@ def rng_state() -> dict:
 
 def set_rng_state(st: dict):
     "Restore what `rng_state` saved."
-    random.setstate((st["python_version"], tuple(st["python_state"].tolist()), None))
+    gauss = st["python_gauss"] if st.get("python_has_gauss") else None
+    random.setstate((st["python_version"], tuple(st["python_state"].tolist()), gauss))
     np.random.set_state(("MT19937", st["numpy_keys"].numpy().astype(np.uint32), st["numpy_pos"],
                          st["numpy_has_gauss"], st["numpy_gauss"]))
     torch.set_rng_state(st["torch"])
@@ -231,7 +238,8 @@ def latest_checkpoint(out_dir) -> Path | None:
 
 def atomic_save(out_dir, step: int, write, keep_last: int | None = None) -> Path:
     """Call `write(tmp_folder)` to fill a temporary folder, then rename it to `out_dir/checkpoint-<step>`
-    (atomic: the folder exists only once complete). Keeps the `keep_last` newest checkpoints."""
+    (atomic: the folder exists only once complete). Keeps the `keep_last` newest checkpoints up to `step`
+    (checkpoints with a higher step are not this run's past: they are never deleted)."""
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     final, tmp = out_dir / f"checkpoint-{step}", out_dir / f".tmp-checkpoint-{step}"
     if tmp.exists(): shutil.rmtree(tmp)                      # left over by a run killed while saving
@@ -244,8 +252,8 @@ def atomic_save(out_dir, step: int, write, keep_last: int | None = None) -> Path
         os.replace(final, old); os.replace(tmp, final); shutil.rmtree(old)
     else: os.replace(tmp, final)
     _fsync_dir(out_dir)
-    if keep_last:
-        for s, p in checkpoints(out_dir)[:-keep_last]:
+    if keep_last:                                            # prune the oldest; never a checkpoint newer than this one
+        for s, p in [c for c in checkpoints(out_dir) if c[0] <= step][:-keep_last]:
             trash = out_dir / f".tmp-delete-{p.name}"
             os.replace(p, trash); shutil.rmtree(trash, ignore_errors=True)
     return final
@@ -281,6 +289,36 @@ class TrainConfig:
     threads: int | None = None            # torch.set_num_threads on CPU
     progress: bool = True
     log_every: int = 10
+    overwrite: bool = False               # `out` holds another run: move it aside to `<out>.old-<time>` and start afresh
+
+    def validate(self) -> "TrainConfig":
+        "Check every option before any work starts: one clear error naming the option (and its `sdfs train` flag)."
+        def bad(name, why): raise ValueError(f"{name} (--{name.replace('_', '-')}) {why}, got {getattr(self, name)!r}")
+        def is_int(v): return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+        def is_num(v): return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+        for k in ("max_steps", "batch_size", "grad_accum", "log_every"):
+            if not is_int(getattr(self, k)) or getattr(self, k) < 1: bad(k, "must be an integer ≥ 1")
+        for k in ("warmup_steps", "save_every", "keep_last"):
+            if not is_int(getattr(self, k)) or getattr(self, k) < 0: bad(k, "must be an integer ≥ 0")
+        if not is_int(self.seed): bad("seed", "must be an integer")
+        for k in ("limit", "threads"):
+            v = getattr(self, k)
+            if v is not None and (not is_int(v) or v < 1): bad(k, "must be an integer ≥ 1 (or not given)")
+        if not is_int(self.image_size) or self.image_size < 8: bad("image_size", "must be an integer ≥ 8")
+        if not is_num(self.lr) or self.lr <= 0: bad("lr", "must be a finite number > 0")
+        for k in ("weight_decay", "noise_offset"):
+            if not is_num(getattr(self, k)) or getattr(self, k) < 0: bad(k, "must be a finite number ≥ 0")
+        for k in ("ema_decay", "cond_drop"):
+            if not is_num(getattr(self, k)) or not 0 <= getattr(self, k) <= 1: bad(k, "must be a number in [0, 1]")
+        if self.max_grad_norm is not None and (not is_num(self.max_grad_norm) or self.max_grad_norm <= 0):
+            bad("max_grad_norm", "must be a finite number > 0 (or None: no clipping)")
+        if self.prediction_type not in PREDICTION_TYPES: bad("prediction_type", f"must be one of {', '.join(PREDICTION_TYPES)}")
+        if self.lr_schedule not in ("constant", "cosine"): bad("lr_schedule", "must be 'constant' or 'cosine'")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"): bad("mixed_precision", "must be auto, no, bf16 or fp16")
+        if not isinstance(self.out, (str, os.PathLike)) or not str(self.out): bad("out", "must be a folder name")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite moves it aside: give one of them, not both")
+        return self
 
     def to_json(self) -> str: return json.dumps(asdict(self), indent=2)
     @classmethod
@@ -293,6 +331,57 @@ class TrainConfig:
 # these must match for a resume to continue the same run
 RESUME_KEYS = ("data", "unet_config", "init_unet", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps",
                "lr_schedule", "max_grad_norm", "ema_decay", "cond_drop", "noise_offset", "prediction_type", "seed", "limit", "image_size")
+
+# %% ../nbs/11_training.ipynb #5a7e0c02
+RUN_FILES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", "loss.json", "loss.png")
+
+def run_contents(out) -> list[str]:
+    "The names in folder `out` that belong to a training run: checkpoints (complete or not) and the pipeline's files."
+    out = Path(out)
+    if not out.is_dir(): return []
+    return sorted(p.name for p in out.iterdir()
+                  if CKPT_RE.match(p.name) or p.name in RUN_FILES or p.name.startswith((".tmp-checkpoint-", ".tmp-rng-checkpoint-", ".tmp-delete-")))
+
+def check_out(out, resume: bool = False, overwrite: bool = False) -> list[str]:
+    """Validate the output folder before any work: not a file, writable, and, unless `resume` or `overwrite`,
+    not holding another run. Returns `run_contents(out)`. Creates `out` (it is needed anyway)."""
+    out = Path(out)
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite moves it aside: give one of them, not both")
+    if out.exists() and not out.is_dir(): raise FileExistsError(f"--out {out} is a file, not a folder: give a folder name")
+    anc = out
+    while not anc.exists() and anc != anc.parent: anc = anc.parent
+    if anc.exists() and not anc.is_dir():
+        raise NotADirectoryError(f"--out {out}: {anc} is a file, so no folder can be made inside it")
+    try:                                            # the only proof of "writable" (root ignores permission bits; read-only mounts)
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".sdfs-write-test-"); os.close(fd); os.unlink(probe)
+    except OSError as e:
+        raise PermissionError(f"--out {out}: cannot write there ({e.strerror or type(e).__name__}); "
+                              f"choose a folder you can write to") from None
+    held = run_contents(out)
+    if not resume and not overwrite and held:
+        shown = ", ".join(n for n in held if not n.startswith("."))[:200] or "unfinished checkpoints"
+        raise FileExistsError(f"--out {out} already holds a training run ({shown}): pass --resume to continue it, "
+                              f"or --overwrite to move it aside to {out.name}.old-<date-time> and start afresh")
+    if resume and not checkpoints(out) and any(n in RUN_FILES for n in held):
+        raise FileExistsError(f"--resume: --out {out} holds a pipeline but no checkpoint-<step> folder to resume from; "
+                              f"pass --overwrite to move it aside and start afresh, or choose another --out")
+    return held
+
+def move_aside(out) -> Path | None:
+    "Move the run in `out` (its `run_contents`) into a new sibling folder `<out>.old-<date-time>`; returns it (None: nothing to move)."
+    out = Path(out)
+    held = run_contents(out)
+    if not held: return None
+    absout = Path(os.path.abspath(out))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, k = absout.with_name(f"{absout.name}.old-{stamp}"), 1
+    while aside.exists(): aside, k = absout.with_name(f"{absout.name}.old-{stamp}-{k}"), k + 1
+    aside.mkdir()
+    for name in held: os.replace(out / name, aside / name)
+    return aside
+
 
 # %% ../nbs/11_training.ipynb #b8a6c154
 class _SingleProcess:
@@ -376,11 +465,10 @@ def save_pipeline(out, unet, vae, text_encoder, tokenizer, scheduler_config: dic
 class Trainer:
     "The SD training loop (see `TrainConfig`). `Trainer(cfg, dataset, vae, text_encoder, tokenizer, unet, scheduler_config).fit()`."
     def __init__(self, cfg: TrainConfig, dataset, vae, text_encoder, tokenizer, unet, scheduler_config: dict, accelerator=None):
-        if cfg.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"unknown prediction_type {cfg.prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
-        if cfg.grad_accum < 1 or cfg.batch_size < 1: raise ValueError("batch_size and grad_accum must be ≥ 1")
+        cfg.validate()
         self.cfg, self.ds = cfg, dataset
         self.acc = accelerator or make_accelerator()
+        self._claim_out()
         self.device = self.acc.device
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.vae, self.te, self.tok, self.sched_cfg = vae, text_encoder, tokenizer, dict(scheduler_config)
@@ -400,6 +488,13 @@ class Trainer:
         self.model = self.acc.prepare(self.unet)       # DDP-wrapped when several processes run
         self.step, self.losses = 0, []
         self._encode()
+
+    def _claim_out(self):
+        "Refuse an `out` that holds another run (unless resume/overwrite); with `overwrite`, move that run aside first."
+        check_out(self.cfg.out, self.cfg.resume, self.cfg.overwrite)      # every process: the same answer
+        if self.cfg.overwrite and self.acc.is_main_process and (aside := move_aside(self.cfg.out)) is not None:
+            print(f"moved the previous run in {self.cfg.out} to {aside}", file=sys.stderr)
+        self.acc.wait_for_everyone()
 
     # -- data ---------------------------------------------------------------------------------------------------
     def _encode(self):
@@ -422,8 +517,8 @@ class Trainer:
         g = step_generator(cfg.seed, step, self.rank, micro)
         xi = torch.randn(self.lat_mean[idx].shape, generator=g)
         z0 = (self.lat_mean[idx] + self.lat_std[idx] * xi) * self.sf
-        keep = torch.rand(len(idx), generator=g) >= cfg.cond_drop
-        ctx = self.contexts[torch.where(keep, self.cap_ids[idx], self.cap_index[""])]
+        caps = drop_captions([self.uniq[j] for j in self.cap_ids[idx].tolist()], cfg.cond_drop, g)   # CFG: some become ""
+        ctx = self.contexts[torch.tensor([self.cap_index[c] for c in caps])]
         return z0.to(self.device), ctx.to(self.device), g, idx
 
     # -- one optimizer step ------------------------------------------------------------------------------------
@@ -581,6 +676,12 @@ def train(cfg: TrainConfig | dict | None = None, dataset=None, **overrides) -> T
     if cfg is None: cfg = TrainConfig()
     elif isinstance(cfg, dict): cfg = TrainConfig.from_dict(cfg)
     if overrides: cfg = TrainConfig.from_dict({**asdict(cfg), **overrides})
+    cfg.validate(); check_out(cfg.out, cfg.resume, cfg.overwrite)       # bad options and outputs: before any work
+    if dataset is None and cfg.data != "toy" and not Path(cfg.data).is_dir():
+        raise FileNotFoundError(f"--data {cfg.data}: no such folder (give 'toy' or a folder of images with captions)")
+    if cfg.base is not None:
+        missing = [s for s in ("vae", "text_encoder", "tokenizer", "scheduler") if not (Path(cfg.base) / s).is_dir()]
+        if missing: raise FileNotFoundError(f"--base {cfg.base} is not a pipeline folder: it lacks {', '.join(missing)}/")
     if cfg.threads: torch.set_num_threads(cfg.threads)
     acc = make_accelerator()
     base = Path(cfg.base) if cfg.base else default_base()
@@ -609,6 +710,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--keep-last", type=int, default=d.keep_last)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="--out holds another run: move it aside to OUT.old-<date-time> and start afresh")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--grad-accum", type=int, default=d.grad_accum)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -628,14 +730,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     "A `TrainConfig` from parsed `build_parser` arguments."
-    ucfg = json.loads(Path(args.unet_config).read_text()) if args.unet_config else None
+    ucfg = None
+    if args.unet_config:
+        try: ucfg = json.loads(Path(args.unet_config).read_text())
+        except json.JSONDecodeError as e: raise ValueError(f"--unet-config {args.unet_config} is not valid JSON: {e}") from None
     return TrainConfig(out=args.out, data=args.data, base=args.base, unet_config=ucfg, init_unet=args.init_unet,
                        max_steps=args.max_steps, save_every=args.save_every, keep_last=args.keep_last, seed=args.seed,
                        resume=args.resume, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                        warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay,
                        cond_drop=args.cond_drop, noise_offset=args.noise_offset, prediction_type=args.prediction_type,
                        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-                       limit=args.limit, image_size=args.image_size, threads=args.threads, progress=not args.no_progress)
+                       limit=args.limit, image_size=args.image_size, threads=args.threads, progress=not args.no_progress,
+                       overwrite=args.overwrite)
 
 def cli_main(argv: list[str] | None = None) -> int:
     "`sdfs train …` / `python -m sd_from_scratch.training …`."
@@ -644,4 +750,11 @@ def cli_main(argv: list[str] | None = None) -> int:
     if tr.acc.is_main_process: print(f"trained {tr.step} steps; pipeline written to {tr.cfg.out}")
     return 0
 
-if __name__ == "__main__" and "__file__" in globals(): sys.exit(cli_main())   # `python -m sd_from_scratch.training`, not a notebook
+def _script_main() -> int:
+    "`python -m sd_from_scratch.training`: like `sdfs train`, a bad option or output is one line, not a traceback."
+    try: return cli_main()
+    except (ValueError, TypeError, OSError) as e:
+        if os.environ.get("SDFS_DEBUG"): raise
+        print(f"sdfs train: error: {e}", file=sys.stderr); return 2
+
+if __name__ == "__main__" and "__file__" in globals(): sys.exit(_script_main())   # `python -m sd_from_scratch.training`, not a notebook

@@ -31,10 +31,25 @@ def write_hand_table(path):
 def test_hand_table_funnel_512(tmp_path):
     src = write_hand_table(tmp_path / "hand.csv")
     fu = filter_table(src, sd_filters(), dst=tmp_path / "kept.csv", chunk_size=2)
-    # by hand: 9 rows; b fails similarity → 8; c, i fail min side 512 → 6; d → 5; e → 4; f, h fail aesthetic → 2
+    # by hand: 9 rows; b fails similarity → 8; c, i fail min side 512 → 6; d → 5; f, h fail aesthetic → 3.
+    # e (punsafe 0.40) stays: no SD v1 stage filtered on punsafe (that is SD 2.0's filter)
     assert list(fu.items()) == [("all rows", 9), ("similarity ≥ 0.28", 8), ("min side ≥ 512", 6), ("pwatermark < 0.5", 5),
-                                ("punsafe < 0.1", 4), ("aesthetic > 5.0", 2)]
-    assert [r["url"] for r in iter_rows(tmp_path / "kept.csv")] == ["a", "g"]
+                                ("aesthetic > 5.0", 3)]
+    assert [r["url"] for r in iter_rows(tmp_path / "kept.csv")] == ["a", "e", "g"]
+    assert fu == filter_table(src, sd_filters(**SD_STAGES["v1.2+ · 512² · improved_aesthetics_5plus"]))
+
+def test_no_sd_v1_stage_filters_punsafe_sd2_does(tmp_path):
+    "SD v1.x stages: CLIP similarity, size, watermark, aesthetics, never punsafe; SD 2.0: punsafe < 0.1, aesthetic ≥ 4.5."
+    for stage, kw in SD_STAGES.items():
+        cols = [f.column for f in sd_filters(**kw)]
+        assert ("punsafe" in cols) == stage.startswith("2.0"), stage
+    src = write_hand_table(tmp_path / "hand.csv")
+    fu = filter_table(src, sd_filters(**SD_STAGES["2.0 · 512² · LAION-5B, punsafe < 0.1"]), dst=tmp_path / "kept.csv")
+    # by hand: b → 8; c, i → 6; no watermark filter (d stays); e unsafe → 5; h has no score (f's 5.0 ≥ 4.5 passes) → 4
+    assert list(fu.items()) == [("all rows", 9), ("similarity ≥ 0.28", 8), ("min side ≥ 512", 6), ("punsafe < 0.1", 5),
+                                ("aesthetic ≥ 4.5", 4)]
+    assert [r["url"] for r in iter_rows(tmp_path / "kept.csv")] == ["a", "d", "f", "g"]
+    with pytest.raises(ValueError, match="aesthetic_op"): sd_filters(aesthetic_op="<")
 
 def test_hand_table_funnel_256_stage(tmp_path):
     src = write_hand_table(tmp_path / "hand.csv")
