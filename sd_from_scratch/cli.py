@@ -87,9 +87,9 @@ def output_paths(out: str | None, n: int, seed: int) -> list[Path]:
 
 # %% ../nbs/16_cli.ipynb #9dfbaa78
 def default_model() -> Path:
-    "The tiny model this project trained and ships (lesson 12)."
-    from sd_from_scratch.toy import default_model_path
-    return Path(default_model_path())
+    "The tiny model this project trained and ships (lesson 12): data/tiny-sd, or inside the installed wheel."
+    from sd_from_scratch.images import shipped
+    return shipped("tiny-sd")
 
 def load_pipeline(model: str | None, device: str | None = None):
     from sd_from_scratch.pipeline import StableDiffusion
