@@ -214,9 +214,19 @@ def _require_components(folder: Path):
                                 f"(a SD pipeline folder needs {', '.join(need)} next to model_index.json)")
 
 def _build(cls, config: dict, sd: dict, what: str):
-    cfg = {k: v for k, v in config.items()}
-    model = cls.from_config(cfg)
+    "Model from its config, then its weights strictly; `what` names the component and its file(s) in any error."
+    try: model = cls.from_config({k: v for k, v in config.items()})
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        raise ValueError(f"cannot build the {what} from its config: {type(e).__name__}: {e}") from None
     return load_weights(model, sd, what)
+
+def _files(folder: Path, variant=None) -> str:
+    fs = find_weights(folder, variant)
+    return str(fs[0]) + (f" and {len(fs) - 1} more shards" if len(fs) > 1 else "")
+
+def _load_part(cls, folder: Path, what: str, variant=None):
+    "One component folder (config.json + weights) → our module; errors name the files."
+    return _build(cls, read_config(folder), load_component_weights(folder, variant), f"{what} ({_files(folder, variant)})")
 
 @classmethod
 def _from_pretrained(cls, path_or_hub_id, device=None, dtype=None, variant: str | None = None, **hub_kw):
@@ -224,9 +234,9 @@ def _from_pretrained(cls, path_or_hub_id, device=None, dtype=None, variant: str 
     folder = resolve_pipeline_dir(path_or_hub_id, variant, **hub_kw)
     _require_components(folder)
     UNet, VAE, Text, Tok = _component_classes()
-    unet = _build(UNet, read_config(folder / "unet"), load_component_weights(folder / "unet", variant), "UNet")
-    vae = _build(VAE, read_config(folder / "vae"), load_component_weights(folder / "vae", variant), "VAE")
-    text = _build(Text, read_config(folder / "text_encoder"), load_component_weights(folder / "text_encoder", variant), "text encoder")
+    unet = _load_part(UNet, folder / "unet", "UNet", variant)
+    vae = _load_part(VAE, folder / "vae", "VAE", variant)
+    text = _load_part(Text, folder / "text_encoder", "text encoder", variant)
     tok = Tok.from_pretrained(hub_tokenizer_dir(folder / "tokenizer"))
     pipe = cls(unet, vae, text, tok, read_config(folder / "scheduler"), device=device, dtype=dtype)
     pipe.source = str(folder)
@@ -235,12 +245,15 @@ def _from_pretrained(cls, path_or_hub_id, device=None, dtype=None, variant: str 
 @classmethod
 def _from_single_file(cls, path, device=None, dtype=None, config_dir=None, extract_ema: bool = False):
     "Load a single-file CompVis checkpoint (.safetensors / .ckpt, read safely) into our modules."
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a folder, not a single checkpoint file: load a diffusers pipeline folder with "
+                         f"StableDiffusion.from_pretrained({str(path)!r})")
     sds = load_ldm_checkpoint(path, extract_ema=extract_ema)
     cfgs = single_file_configs(sds, config_dir)
     UNet, VAE, Text, Tok = _component_classes()
-    unet = _build(UNet, cfgs["unet"], sds["unet"], "UNet")
-    vae = _build(VAE, cfgs["vae"], sds["vae"], "VAE")
-    text = _build(Text, cfgs["text_encoder"], sds["text_encoder"], "text encoder")
+    unet = _build(UNet, cfgs["unet"], sds["unet"], f"UNet (from {path})")
+    vae = _build(VAE, cfgs["vae"], sds["vae"], f"VAE (from {path})")
+    text = _build(Text, cfgs["text_encoder"], sds["text_encoder"], f"text encoder (from {path})")
     tok = Tok.from_pretrained(hub_tokenizer_dir(Path(config_dir) / "tokenizer")) if config_dir else Tok()
     pipe = cls(unet, vae, text, tok, cfgs["scheduler"], device=device, dtype=dtype)
     pipe.source = str(path)
