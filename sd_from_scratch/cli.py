@@ -352,6 +352,10 @@ def _main(argv: list[str]) -> int:
 def _guard(fn, debug: bool) -> int:
     try:
         return fn() or 0
+    except ModuleNotFoundError as e:                                      # an optional package (e.g. matplotlib for sweep)
+        if debug: raise
+        print(f"sdfs: error: this command needs the package {e.name!r}: pip install {e.name}", file=sys.stderr)
+        return 2
     except _USER_ERRORS as e:
         if debug: raise
         msg = (e.args[0] if isinstance(e, KeyError) and e.args else str(e)) or type(e).__name__

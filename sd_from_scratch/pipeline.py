@@ -466,11 +466,15 @@ def _check_latents(latents, shape: tuple) -> torch.Tensor | None:
     return latents
 
 def _free_memory(device: torch.device) -> int | None:
-    "Bytes free for tensors: CUDA's free memory, or MemAvailable of the machine (None where we cannot tell)."
+    "Bytes free for tensors: CUDA's free memory, or the machine's MemAvailable capped by a cgroup limit (None: unknown)."
     if device.type == "cuda": return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f: return next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable"))
-    except (OSError, StopIteration, ValueError): return None
+    free = []
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/meminfo") as f: free.append(next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable")))
+    with contextlib.suppress(OSError, ValueError):                    # a container's limit minus what it already uses
+        lim = open("/sys/fs/cgroup/memory.max").read().strip()
+        if lim != "max": free.append(int(lim) - int(open("/sys/fs/cgroup/memory.current").read()))
+    return min(free) if free else None
 
 def _estimate_memory(self, batch: int, height: int, width: int) -> int:
     """Rough peak bytes of one call: the VAE's full-resolution feature maps (≈ 4 live maps of C₀×H×W fp32 per image)

@@ -61,6 +61,8 @@ def test_installed_wheel_generates_from_another_folder(wheel, tmp_path):
             "pipe = sd_from_scratch.load_default(device='cpu'); pipe.progress = False\n"
             "a = pipe('a red 7 on a blue background', steps=4, seed=0, output_type='np')\n"
             "assert a.shape[1:] == (32, 32, 3) and np.isfinite(a).all() and a.std() > 0.02\n"
+            "if (Path(sd_from_scratch.__file__).parent / 'shipped' / 'tiny-sd-inpainting').exists():\n"
+            "    p9 = sd_from_scratch.load_default('inpainting', device='cpu'); assert p9.unet_in_channels == 9\n"
             "print('ok', sd_from_scratch.__file__)") % str(target)
     r = _run_outside(target, code, tmp_path)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
