@@ -101,7 +101,8 @@ def prepare_image(image, height: int | None = None, width: int | None = None) ->
         return torch.cat([prepare_image(i, height, width) for i in image])
     if isinstance(image, np.ndarray):
         a = image
-        if a.dtype == np.uint16 or a.dtype.kind in "iu": a = a.astype(np.int64)
+        if a.dtype == np.uint16: a = a.astype(np.float32) / 65535        # 16-bit: always 0..65535, even a dark one
+        elif a.dtype.kind in "iu": a = a.astype(np.int64)
         elif a.dtype.kind == "b": a = a.astype(np.float32)
         elif a.dtype.kind != "f": raise TypeError(f"image: numpy arrays must hold numbers, got dtype {a.dtype}")
         t = torch.from_numpy(np.ascontiguousarray(a))
