@@ -1,6 +1,7 @@
 # The standard nbdev 2 setup.py: everything it needs is read from settings.ini.
 from configparser import ConfigParser
 import setuptools, shlex
+from setuptools.command.build_py import build_py
 
 config = ConfigParser(delimiters=['='])
 config.read('settings.ini', encoding='utf-8')
@@ -32,19 +33,31 @@ package_data = dict()
 pkg_data = cfg.get('package_data', None)
 if pkg_data:
     package_data[cfg['lib_name']] =  pkg_data.split() # split as multiple files might be listed
-# Add package data to setup_cfg for setuptools.setup(..., **setup_cfg)
+# The shipped models (data/: the tiny SD pipelines, the digit classifier, the photo VAE) go into the wheel as the data-only
+# package sd_from_scratch.shipped, without moving data/: `images.shipped(name)` looks there first, then in data/.
+SHIPPED = cfg['lib_name'] + '.shipped'
+package_data[SHIPPED] = ['*', '**/*']
 setup_cfg['package_data'] = package_data
+
+class BuildPy(build_py):
+    "Teachers' answer keys (exercises/solutions) never go into the wheel, wherever they are in the tree."
+    def find_package_modules(self, package, package_dir):
+        mods = super().find_package_modules(package, package_dir)
+        return [m for m in mods if not (package.endswith('.exercises') and m[1] == 'solutions')]
 
 setuptools.setup(
     name = cfg['lib_name'],
     license = lic[0],
+    license_files = ['LICENSE'],
     classifiers = [
         'Development Status :: ' + statuses[int(cfg['status'])],
         'Intended Audience :: ' + cfg['audience'].title(),
         'Natural Language :: ' + cfg['language'].title(),
     ] + ['Programming Language :: Python :: '+o for o in py_versions[py_versions.index(min_python):]],  # license: SPDX-style `license=` below (license classifiers are deprecated)
     url = cfg['git_url'],
-    packages = setuptools.find_packages(),
+    packages = setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']) + [SHIPPED],
+    package_dir = {SHIPPED: 'data'},
+    cmdclass = {'build_py': BuildPy},
     include_package_data = True,
     install_requires = requirements,
     extras_require={ 'dev': dev_requirements },

@@ -4,12 +4,13 @@
 
 # %% ../nbs/16_cli.ipynb #93c68f43
 from __future__ import annotations
-import argparse, os, re, sys
+import argparse, contextlib, math, os, re, sys, tempfile, warnings
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['A1111_SAMPLERS', 'format_parameters', 'parse_parameters', 'save_png', 'read_parameters', 'output_paths',
-           'default_model', 'load_pipeline', 'parse_size', 'native_size', 'run', 'build_parser', 'sweep', 'main']
+__all__ = ['A1111_SAMPLERS', 'SINGLE_FILE', 'format_parameters', 'parse_parameters', 'save_png', 'read_parameters',
+           'writable_folder', 'output_paths', 'release', 'default_model', 'check_device', 'load_pipeline', 'parse_size',
+           'native_size', 'run', 'build_parser', 'sweep', 'main']
 
 # %% ../nbs/16_cli.ipynb #a883ecf0
 A1111_SAMPLERS = {"ddpm": "DDPM", "ddim": "DDIM", "pndm": "PLMS", "lms": "LMS", "euler": "Euler", "euler_a": "Euler a",
@@ -33,38 +34,54 @@ def format_parameters(p: dict) -> str:
     return "\n".join(lines + [", ".join(kv)])
 
 def parse_parameters(text: str) -> dict:
-    "Inverse of `format_parameters` (also reads A1111's own PNGs: unknown keys are ignored)."
+    """Inverse of `format_parameters` (also reads A1111's own PNGs: unknown keys are ignored, A1111's
+    "Schedule type: Karras" turns DPM++ 2M into dpmpp_2m_karras). Text without a settings line is an error."""
     lines = text.strip().split("\n")
     kv_line, lines = lines[-1], lines[:-1]
     neg = [i for i, l in enumerate(lines) if l.startswith("Negative prompt:")]
     p = {"prompt": "\n".join(lines[:neg[0]] if neg else lines)}
     if neg: p["negative"] = "\n".join(lines[neg[0]:])[len("Negative prompt:"):].strip()
     names = {name: k for k, name in _KEYS}
+    schedule = None
     for m in re.finditer(r'\s*([\w ]+):\s*("(?:\\.|[^"])*"|[^,]*)(?:,|$)', kv_line):
-        k, v = names.get(m.group(1).strip()), m.group(2).strip()
+        key, v = m.group(1).strip(), m.group(2).strip()
+        if key == "Schedule type": schedule = v.lower(); continue
+        k = names.get(key)
         if k is None: continue
-        if k == "sampler": v = _FROM_A1111.get(v.lower(), v)
-        elif k == "size": v = tuple(int(s) for s in v.split("x"))
-        elif k in ("steps", "seed"): v = int(v)
-        elif k in ("guidance", "strength", "eta", "rescale", "threshold"): v = float(v)
+        try:
+            if k == "sampler": v = _FROM_A1111.get(v.lower(), v)
+            elif k == "size": v = tuple(int(s) for s in v.split("x"))
+            elif k in ("steps", "seed"): v = int(v)
+            elif k in ("guidance", "strength", "eta", "rescale", "threshold"): v = float(v)
+        except ValueError: raise ValueError(f"cannot read '{key}: {v}' in the parameters text") from None
         p[k] = v
+    if "steps" not in p:
+        raise ValueError("the parameters text has no settings line ('Steps: …, Sampler: …, Seed: …'): it was not "
+                         "written by sdfs or A1111")
+    if schedule == "karras" and p.get("sampler") == "dpmpp_2m": p["sampler"] = "dpmpp_2m_karras"
+    elif schedule not in (None, "automatic", "uniform", "karras") or (schedule == "karras" and p.get("sampler") != "dpmpp_2m_karras"):
+        warnings.warn(f"Schedule type {schedule!r} is not available for sampler {p.get('sampler')!r} here; "
+                      f"using that sampler's own schedule")
     return p
 
 # %% ../nbs/16_cli.ipynb #7668be4f
-def save_png(image, path: Path, parameters: str, overwrite: bool = False) -> Path:
-    "Save a PIL image as PNG with a `parameters` text chunk, atomically; never replace an existing file unless asked."
+def save_png(image, path: Path, parameters: str, overwrite: bool = False, claimed: bool = False) -> Path:
+    """Save a PIL image as PNG with a `parameters` text chunk, atomically (a hidden temporary file, then `os.replace`);
+    never replace an existing file unless asked (`claimed`: the empty placeholder `output_paths` made for us)."""
     from PIL.PngImagePlugin import PngInfo
     path = Path(path)
-    if path.exists() and not overwrite:
+    if path.exists() and not (overwrite or claimed):
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, or choose another --out")
     path.parent.mkdir(parents=True, exist_ok=True)
     info = PngInfo(); info.add_text("parameters", parameters)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        image.save(tmp, format="PNG", pnginfo=info)
+        with os.fdopen(fd, "wb") as f: image.save(f, format="PNG", pnginfo=info)
         os.replace(tmp, path)
+    except Exception as e:                                         # name the file the user asked for, not the temp file
+        raise OSError(f"could not write {path}: {getattr(e, 'strerror', None) or e}") from None
     finally:
-        if tmp.exists(): tmp.unlink()
+        if os.path.exists(tmp): os.unlink(tmp)
     return path
 
 def read_parameters(path) -> dict:
@@ -72,43 +89,107 @@ def read_parameters(path) -> dict:
     from PIL import Image
     with Image.open(path) as im: text = im.info.get("parameters")
     if text is None: raise ValueError(f"{path} has no 'parameters' text chunk (was it written by sdfs or A1111?)")
-    return parse_parameters(text)
+    try: return parse_parameters(text)
+    except ValueError as e: raise ValueError(f"{path}: {e}") from None
 
-def output_paths(out: str | None, n: int, seed: int) -> list[Path]:
-    "Where `n` images go: `out` itself for one image named *.png, else fresh numbered files in the folder `out`."
+def writable_folder(d: Path, what: str = "--out") -> Path:
+    "Create folder `d` if needed and prove that we can write into it — or one clear error, before any work is done."
+    d = Path(d)
+    if d.exists() and not d.is_dir(): raise NotADirectoryError(f"{what} {d} is a file, not a folder: choose another {what}")
+    up = d
+    while not up.exists(): up = up.parent
+    if not up.is_dir(): raise NotADirectoryError(f"{what} {d}: {up} is a file, so it cannot hold a folder; choose another {what}")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=d, prefix=".sdfs-probe-"); os.close(fd); os.unlink(probe)
+    except OSError as e:
+        raise PermissionError(f"cannot write into {d} ({e.strerror or e}); choose another {what}") from None
+    return d
+
+def _claim(path: Path) -> bool:
+    "Create `path` empty if nobody has it (O_EXCL: atomic, also between processes); False if it exists."
+    try: os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)); return True
+    except FileExistsError: return False
+
+def output_paths(out: str | None, n: int, seed: int, overwrite: bool = False) -> list[Path]:
+    """Where `n` images go, checked and claimed before any work: `out` itself for one image named *.png (it must not
+    exist unless `overwrite`), else fresh numbered files in the folder `out`, each claimed atomically (an empty
+    placeholder that the image later replaces), so that parallel runs never pick the same name."""
     out = Path(out or "outputs")
     if out.suffix.lower() == ".png":
         if n != 1: raise ValueError(f"--out {out} names one file but --num is {n}; give a folder instead")
+        if out.is_dir(): raise IsADirectoryError(f"--out {out} is a folder, not a file: give a new file name, or a folder without .png")
+        writable_folder(out.parent)
+        if not overwrite and not _claim(out):
+            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
         return [out]
-    out.mkdir(parents=True, exist_ok=True)
+    writable_folder(out)
     used = [int(m.group(1)) for f in out.glob("*.png") if (m := re.match(r"(\d+)-", f.name))]
-    start = max(used, default=0) + 1
-    return [out / f"{start + i:05d}-{seed + i}.png" for i in range(n)]
+    k, paths = max(used, default=0) + 1, []
+    for i in range(n):
+        while not _claim(out / f"{k:05d}-{seed + i}.png"): k += 1
+        paths.append(out / f"{k:05d}-{seed + i}.png"); k += 1
+    return paths
+
+def release(paths):
+    "Remove the placeholders of a run that failed (only files still empty: never an image)."
+    for p in paths:
+        with contextlib.suppress(OSError):
+            if p.stat().st_size == 0: p.unlink()
 
 # %% ../nbs/16_cli.ipynb #9dfbaa78
 def default_model() -> Path:
-    "The tiny model this project trained and ships (lesson 12)."
-    from sd_from_scratch.toy import default_model_path
-    return Path(default_model_path())
+    "The tiny model this project trained and ships (lesson 12): data/tiny-sd, or inside the installed wheel."
+    from sd_from_scratch.images import shipped
+    return shipped("tiny-sd")
 
-def load_pipeline(model: str | None, device: str | None = None):
+def check_device(device: str | None) -> str:
+    "A device that exists here (default: cuda when available), or one line saying what to use instead."
+    import torch
+    if device is None: return "cuda" if torch.cuda.is_available() else "cpu"
+    try: d = torch.device(device)
+    except (RuntimeError, ValueError): raise ValueError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0: raise ValueError(f"--device {device}: no CUDA GPU is available on this machine; use --device cpu")
+        if d.index is not None and d.index >= n: raise ValueError(f"--device {device}: this machine has {n} GPU(s) (cuda:0 … cuda:{n - 1})")
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    elif d.type not in ("cpu", "cuda", "mps"): raise ValueError(f"--device {device}: use cpu, cuda or cuda:N")
+    return str(d)
+
+SINGLE_FILE = (".safetensors", ".ckpt")
+
+def load_pipeline(model: str | None, device: str | None = None, config: str | None = None):
+    """`--model`: a diffusers folder, a single .safetensors/.ckpt file (configs from `--config DIR`, default SD v1.5's)
+    or a hub id; None → the shipped tiny model."""
+    import torch
     from sd_from_scratch.pipeline import StableDiffusion
     path = str(model) if model else str(default_model())
-    dtype = None
-    if device is None:
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda"):
-        import torch
-        dtype = torch.float16
+    device = check_device(device)
+    dtype = torch.float16 if device.startswith("cuda") else None
+    if Path(path).is_file():
+        if Path(path).suffix.lower() not in SINGLE_FILE:
+            raise ValueError(f"--model {path}: a single-file model must be .safetensors or .ckpt (or give a diffusers folder)")
+        try: pipe = StableDiffusion.from_single_file(path, device=device, dtype=dtype, config_dir=config)
+        except ValueError as e:
+            if config: raise
+            first = str(e).splitlines()[0]
+            raise ValueError(f"{first} — with SD v1.5's configs; if {Path(path).name} is not an SD v1.x checkpoint, "
+                             f"pass --config DIR (a diffusers folder with its unet/vae/text_encoder/scheduler configs)") from None
+        return pipe, path
     return StableDiffusion.from_pretrained(path, device=device, dtype=dtype), path
 
-def parse_size(s: str | None):
-    "'512', '768x512' (width×height) or None → (width, height) or None."
+def parse_size(s: str | None, multiple: int = 8):
+    "'512', '768x512' (width×height) or None → (width, height) or None; both positive multiples of 8."
     if s is None: return None
     m = re.fullmatch(r"(\d+)(?:[x×*](\d+))?", s.strip())
-    if not m: raise ValueError(f"--size must look like 512 or 768x512 (width x height), got {s!r}")
+    if not m: raise ValueError(f"--size must look like 512 or 768x512 (width×height), got {s!r}")
     w = int(m.group(1)); h = int(m.group(2) or w)
+    if w <= 0 or h <= 0 or w % multiple or h % multiple:
+        fix = lambda v: max(multiple, v - v % multiple)
+        raise ValueError(f"--size {s}: width×height must be positive multiples of {multiple}, got {w}×{h}; "
+                         f"try {fix(w)}x{fix(h)}")
     return w, h
 
 def native_size(pipe) -> tuple[int, int]:
@@ -117,6 +198,17 @@ def native_size(pipe) -> tuple[int, int]:
     return w, h
 
 # %% ../nbs/16_cli.ipynb #1cd0da6f
+def _check_numbers(p: dict, num):
+    "The numbers of a command line (or of a --from-png chunk), checked before anything is loaded; errors name the option."
+    from sd_from_scratch.images import check_int, check_float
+    from sd_from_scratch.pipeline import SEED_MAX
+    check_int("--num", num, 1)
+    check_int("--steps", p["steps"], 1)
+    check_int("--seed", p["seed"], 0, SEED_MAX - (num - 1))
+    check_float("--guidance", p["guidance"], 0.0)
+    for k, lo, hi in (("eta", 0.0, None), ("rescale", 0.0, 1.0), ("threshold", 0.0, 1.0), ("strength", 0.0, 1.0)):
+        if p.get(k) is not None: check_float(f"--{k}", p[k], lo, hi)
+
 def _settings(a, kind: str) -> dict:
     p = {}
     if getattr(a, "from_png", None):
@@ -132,6 +224,7 @@ def _settings(a, kind: str) -> dict:
     if "seed" not in p:
         import random
         p["seed"] = random.randrange(2**31)
+    _check_numbers(p, getattr(a, "num", 1))
     if kind == "txt2img": p.pop("strength", None)
     else: p.setdefault("strength", 0.8 if kind == "img2img" else 1.0)
     return p
@@ -142,7 +235,15 @@ def run(a, kind: str = "txt2img") -> list[Path]:
     p = _settings(a, kind)
     if kind != "txt2img" and not Path(a.image).exists(): raise FileNotFoundError(f"--image {a.image} does not exist")
     if kind == "inpaint" and not Path(a.mask).exists(): raise FileNotFoundError(f"--mask {a.mask} does not exist")
-    pipe, model = load_pipeline(a.model, a.device)
+    check_device(a.device)
+    paths = output_paths(a.out, a.num, p["seed"], overwrite=a.overwrite)       # checked and claimed before any work
+    try: return _generate(a, kind, p, paths)
+    finally: release(paths)                                                   # placeholders of images never written
+
+def _generate(a, kind: str, p: dict, paths: list[Path]) -> list[Path]:
+    from PIL import Image
+    pipe, model = load_pipeline(a.model, a.device, getattr(a, "config", None))
+    pipe.progress = sys.stderr.isatty()                                        # no progress bars in logs and pipes
     p["model"] = Path(model).name if Path(model).exists() else model
     p["sampler"] = p.get("sampler") or pipe.default_sampler
     if kind == "txt2img": p["size"] = p.get("size") or native_size(pipe)
@@ -151,14 +252,13 @@ def run(a, kind: str = "txt2img") -> list[Path]:
     kw = dict(negative_prompt=p.get("negative"), steps=p["steps"], guidance_scale=p["guidance"], sampler=p["sampler"],
               eta=p.get("eta") or 0.0, guidance_rescale=p.get("rescale") or 0.0)
     if p.get("threshold") and kind != "inpaint": kw["dynamic_threshold"] = p["threshold"]
-    paths = output_paths(a.out, a.num, p["seed"])
     written = []
     for i, path in enumerate(paths):
         pi = dict(p, seed=p["seed"] + i)
         if kind == "txt2img": im = pipe(p["prompt"], height=h, width=w, seed=pi["seed"], **kw)[0]
         elif kind == "img2img": im = pipe.img2img(p["prompt"], Image.open(a.image), strength=p["strength"], height=h, width=w, seed=pi["seed"], **kw)[0]
         else: im = pipe.inpaint(p["prompt"], Image.open(a.image), Image.open(a.mask), strength=p["strength"], height=h, width=w, seed=pi["seed"], **kw)[0]
-        written.append(save_png(im, path, format_parameters(pi), overwrite=a.overwrite))
+        written.append(save_png(im, path, format_parameters(pi), overwrite=a.overwrite, claimed=True))
         print(f"wrote {path}  (seed {pi['seed']})")
     return written
 
@@ -167,6 +267,7 @@ def _image_options(ap: argparse.ArgumentParser):
     ap.add_argument("prompt", nargs="?", default=None, help="what to draw, e.g. \"a red 7 on a blue background\"")
     ap.add_argument("--negative", "-n", default=None, help="negative prompt: what to steer away from")
     ap.add_argument("--model", "-m", default=None, help="diffusers folder, .safetensors/.ckpt file or hub id (default: the shipped tiny model)")
+    ap.add_argument("--config", default=None, help="for a single-file --model: a diffusers folder with its configs (default: SD v1.5's)")
     ap.add_argument("--seed", "-s", type=int, default=None, help="random seed (default: a random one, recorded in the PNG)")
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default 20)")
     ap.add_argument("--guidance", "-g", type=float, default=None, help="classifier-free guidance scale w (default 7.5)")
@@ -174,7 +275,7 @@ def _image_options(ap: argparse.ArgumentParser):
     ap.add_argument("--size", default=None, help="WIDTHxHEIGHT or one number, multiples of 8 (default: the model's native size)")
     ap.add_argument("--num", type=int, default=1, help="how many images (seeds seed, seed+1, ...)")
     ap.add_argument("--out", "-o", default=None, help="a .png file (one image) or a folder (default: outputs/)")
-    ap.add_argument("--overwrite", action="store_true", help="allow replacing an existing --out file")
+    ap.add_argument("--overwrite", action="store_true", help="allow replacing the --out file (a folder always gets fresh names)")
     ap.add_argument("--eta", type=float, default=None, help="DDIM η (0 = deterministic)")
     ap.add_argument("--rescale", type=float, default=None, help="guidance rescale φ (Lin et al. 2023), e.g. 0.7")
     ap.add_argument("--threshold", type=float, default=None, help="dynamic thresholding percentile, e.g. 0.995")
@@ -222,12 +323,22 @@ def sweep(argv: list[str]):
 # %% ../nbs/16_cli.ipynb #61aee61e
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError, OSError)
 
+def _one_line(message, category, filename, lineno, file=None, line=None):
+    print(f"sdfs: warning: {message}", file=sys.stderr)
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `sdfs` console script (and of `python -m sd_from_scratch.cli`)."
-    argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line                                      # warnings are one line, like errors
+        return _main(list(sys.argv[1:] if argv is None else argv))
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv or bool(os.environ.get("SDFS_DEBUG"))
     if argv and argv[0] == "--debug": argv = argv[1:]
     if argv and argv[0] in ("train", "sweep"):
+        if not os.environ.get("SDFS_TINY_SD"):                               # lessons 11/13 find the shipped model in a wheel too
+            from sd_from_scratch.images import shipped
+            with contextlib.suppress(FileNotFoundError): os.environ["SDFS_TINY_SD"] = str(shipped("tiny-sd"))
         if argv[0] == "train":
             from sd_from_scratch.training import cli_main
             return _guard(lambda: cli_main(argv[1:]), debug)
@@ -241,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
 def _guard(fn, debug: bool) -> int:
     try:
         return fn() or 0
+    except ModuleNotFoundError as e:                                      # an optional package (e.g. matplotlib for sweep)
+        if debug: raise
+        print(f"sdfs: error: this command needs the package {e.name!r}: pip install {e.name}", file=sys.stderr)
+        return 2
     except _USER_ERRORS as e:
         if debug: raise
         msg = (e.args[0] if isinstance(e, KeyError) and e.args else str(e)) or type(e).__name__

@@ -4,15 +4,15 @@
 
 # %% ../nbs/00_images.ipynb #bf7ab2f4
 from __future__ import annotations
-import math
+import math, operator, os
 from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
 
 # %% auto #0
-__all__ = ['SAMPLE_IMAGES', 'center_crop', 'sample_image', 'check_size', 'pil_to_tensor', 'tensor_to_numpy', 'numpy_to_pil',
-           'tensor_to_pil', 'image_grid', 'show_images']
+__all__ = ['SAMPLE_IMAGES', 'center_crop', 'sample_image', 'shipped', 'check_int', 'check_float', 'check_size', 'pil_to_tensor',
+           'tensor_to_numpy', 'numpy_to_pil', 'tensor_to_pil', 'image_grid', 'show_images']
 
 # %% ../nbs/00_images.ipynb #5973bd11
 SAMPLE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "grace_hopper")
@@ -37,18 +37,63 @@ def sample_image(name: str = "astronaut", size: int | None = 512) -> Image.Image
     img = center_crop(img)
     return img if size is None else img.resize((size, size), Image.LANCZOS)
 
+# %% ../nbs/00_images.ipynb #fdedbeac
+_SHIPPED_ENV = {"tiny-sd": "SDFS_TINY_SD"}          # environment variables that point a shipped name elsewhere
+
+def shipped(name: str = "") -> Path:
+    """The shipped file or folder `name` (e.g. "tiny-sd", "digit_classifier.safetensors"; "" = the folder itself):
+    `sd_from_scratch/shipped/` in an installed wheel, `data/` in a source checkout."""
+    if _SHIPPED_ENV.get(name) and os.environ.get(_SHIPPED_ENV[name]): return Path(os.environ[_SHIPPED_ENV[name]])
+    import sd_from_scratch
+    pkg = Path(sd_from_scratch.__file__).resolve().parent
+    homes = (pkg / "shipped", pkg.parent / "data")                  # wheel, checkout
+    for home in homes:
+        if (home / name).exists(): return home / name
+    raise FileNotFoundError(f"the shipped file {name!r} was not found in {homes[0]} (installed wheel) nor in {homes[1]} "
+                            f"(source checkout); reinstall the package with `pip install .` from a full checkout")
+
 # %% ../nbs/00_images.ipynb #e4093b90
+def check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    "`value` as a Python int (numpy integers accepted; floats and bools are not), in [lo, hi], or a clear error naming `name`."
+    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
+        hint = f"; pass {int(value)}" if isinstance(value, float) and math.isfinite(value) and value == int(value) else ""
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}){hint}")
+    v = operator.index(value)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f"≥ {lo}" if hi is None else f"≤ {hi}" if lo is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be an integer {rng}, got {v}")
+    return v
+
+def check_float(name: str, value, lo: float | None = None, hi: float | None = None) -> float:
+    "`value` as a finite Python float in [lo, hi] (ints and numpy numbers accepted), or a clear error naming `name`."
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if isinstance(value, (torch.Tensor, np.ndarray)) and np.size(value) != 1:
+        raise TypeError(f"{name} must be a single number, got an array of shape {tuple(np.shape(value))}")
+    v = float(value)
+    if not math.isfinite(v): raise ValueError(f"{name} must be a finite number, got {v}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f"≥ {lo}" if hi is None else f"≤ {hi}" if lo is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be {rng}, got {v}")
+    return v
+
 def check_size(height: int, width: int, multiple: int = 8):
     "Raise a clear error unless both sides are positive multiples of `multiple` (the VAE's downsampling factor)."
+    height, width = check_int("height", height), check_int("width", width)
     if height <= 0 or width <= 0 or height % multiple or width % multiple:
         def fix(v): return max(multiple, v - v % multiple)
         raise ValueError(f"height and width must be positive multiples of {multiple} (the VAE shrinks images {multiple}×), "
                          f"got {height}×{width}; try {fix(height)}×{fix(width)}")
 
 def _as_rgb(img) -> Image.Image:
+    "Any PIL mode → 8-bit RGB. 16/32-bit grey (a 16-bit PNG opens as I;16 or I) is scaled to 0..255, not clipped."
     if isinstance(img, (str, Path)): img = Image.open(img)
     if not isinstance(img, Image.Image):
         raise TypeError(f"expected a PIL image or a path, got {type(img).__name__}")
+    if img.mode.startswith("I") or img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        top = 1.0 if img.mode == "F" and a.max() <= 1 else 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray((np.clip(a / top, 0, 1) * 255).round().astype(np.uint8), mode="L")
     return img.convert("RGB")
 
 def pil_to_tensor(images, height: int | None = None, width: int | None = None, multiple: int = 8) -> torch.Tensor:

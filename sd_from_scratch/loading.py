@@ -25,7 +25,9 @@ def read_json(path) -> dict:
     "Read a JSON file with a clear error when it is missing."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"missing {path.name} in {path.parent} (expected {path})")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try: return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore or re-download that file") from None
 
 def read_model_index(folder) -> dict[str, tuple[str, str]]:
     "A diffusers pipeline folder's model_index.json → {component: (library, class)} for the components present."
@@ -55,10 +57,14 @@ def _torch_load_safe(path) -> dict:
 def load_state_dict(path) -> dict[str, torch.Tensor]:
     "Read one weights file safely: safetensors, or a pickle via `torch.load(weights_only=True)`; unwraps 'state_dict'."
     path = Path(path)
+    if path.is_dir(): raise ValueError(f"{path} is a folder, not a weights file: give the file inside it")
     if not path.is_file(): raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
+        try: return load_file(str(path))
+        except Exception as e:                                   # safetensors' SafetensorError: header/size mismatch
+            raise ValueError(f"cannot read {path}: it is truncated or not a safetensors file ({e}); "
+                             f"re-download or re-save it") from None
     if path.suffix not in (".bin", ".ckpt", ".pt", ".pth"):
         raise ValueError(f"don't know how to read {path.name}: expected .safetensors, .bin, .ckpt, .pt or .pth")
     sd = _torch_load_safe(path)

@@ -95,7 +95,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 0.0) -> float:
     if eps:
         sigma1, sigma2 = sigma1 + eps * np.eye(len(mu1)), sigma2 + eps * np.eye(len(mu1))
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2))
+    d = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2))
+    # A squared distance is ≥ 0. With more features than samples Σ is singular, the square root of Σ1·Σ2 is computed
+    # from tiny eigenvalues of either sign, and the sum comes out a few 1e-3 below 0 for identical sets: round-off, so 0.
+    return max(d, 0.0)
 
 def fid(features_a, features_b) -> float:
     "FID between two sets of features (N×D each; N may differ): the Fréchet distance of their Gaussian fits."

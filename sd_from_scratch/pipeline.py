@@ -4,12 +4,12 @@
 
 # %% ../nbs/10_pipeline.ipynb #7708d81e
 from __future__ import annotations
-import json, math, warnings
+import contextlib, json, logging, math, os, warnings
 from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from .images import check_size, numpy_to_pil, pil_to_tensor
+from .images import check_size, check_int, check_float, numpy_to_pil, pil_to_tensor
 from .vae import randn_tensor
 from .guidance import cfg_combine, rescale_noise_cfg
 from .loading import (resolve_pipeline_dir, read_model_index, read_config, load_component_weights, load_weights,
@@ -18,8 +18,9 @@ from .loading import (resolve_pipeline_dir, read_model_index, read_config, load_
 from .tokenizer import write_vocab_merges
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'THRESHOLDING_SAMPLERS', 'OUTPUT_TYPES', 'LATENT_RGB_SD15', 'guide', 'latents_to_rgb', 'fit_latent_rgb',
-           'prepare_image', 'prepare_mask', 'run_sampler', 'blend_known', 'StableDiffusion']
+__all__ = ['SAMPLERS', 'THRESHOLDING_SAMPLERS', 'OUTPUT_TYPES', 'LATENT_RGB_SD15', 'SEED_MAX', 'guide', 'latents_to_rgb',
+           'fit_latent_rgb', 'to_signed_range', 'prepare_image', 'prepare_mask', 'run_sampler', 'blend_known',
+           'StableDiffusion']
 
 # %% ../nbs/10_pipeline.ipynb #5cc54115
 SAMPLERS = ("ddpm", "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_karras")
@@ -70,29 +71,63 @@ def fit_latent_rgb(vae, images: torch.Tensor, scaling_factor: float | None = Non
     return W[:-1], W[-1]
 
 # %% ../nbs/10_pipeline.ipynb #fbd59b88
+def to_signed_range(x: torch.Tensor, what: str = "image") -> torch.Tensor:
+    """The one range rule for array and tensor images (numpy and torch alike) → float32 in [-1, 1]:
+    uint8 is 0..255 (uint16: 0..65535); floats in [0, 1] are [0, 1] (diffusers' rule); floats with negatives inside
+    [-1, 1] are already [-1, 1]; floats in [0, 255] that exceed 1 are 0..255. Anything else, or NaN/inf, is an error."""
+    if not (x.is_floating_point() or x.dtype == torch.bool):
+        top = 65535.0 if x.dtype in (torch.int32, torch.int64) and x.max() > 255 else 255.0
+        if x.min() < 0 or x.max() > top:
+            raise ValueError(f"{what}: integer values must be 0..255 (uint8) or 0..65535 (uint16), got {x.min().item()}..{x.max().item()}")
+        return x.float() / (top / 2) - 1
+    x = x.float()
+    if x.numel() == 0: raise ValueError(f"{what} is empty (shape {tuple(x.shape)})")
+    if not torch.isfinite(x).all(): raise ValueError(f"{what} has NaN or infinite values: give finite pixel values")
+    lo, hi = x.min().item(), x.max().item()
+    if lo >= 0 and hi <= 1: return 2 * x - 1
+    if lo >= -1 and hi <= 1: return x
+    if lo >= 0 and hi <= 255: return x / 127.5 - 1
+    raise ValueError(f"{what} values span [{lo:.4g}, {hi:.4g}]: give floats in [0, 1] or [-1, 1], or 0..255 values")
+
+def _channels(x: torch.Tensor, what: str) -> torch.Tensor:
+    "B×C×H×W with C = 1 (grey: repeated), 3, or 4 (alpha dropped, as PIL's convert('RGB'))."
+    if x.ndim != 4 or x.shape[1] not in (1, 3, 4):
+        raise ValueError(f"{what} must be B×3×H×W or 3×H×W (tensors) / H×W×3 or B×H×W×3 (numpy), got shape {tuple(x.shape)}")
+    return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x[:, :3]
+
 def prepare_image(image, height: int | None = None, width: int | None = None) -> torch.Tensor:
-    "PIL/path/array/tensor (or a list of them) → float32 B×3×H×W in [-1,1]; sides must end up multiples of 8."
+    "PIL/path/array/tensor (or a list of them) → float32 B×3×H×W in [-1,1] (range rule: `to_signed_range`); sides multiples of 8."
     if isinstance(image, (list, tuple)) and image and isinstance(image[0], (torch.Tensor, np.ndarray)):
         return torch.cat([prepare_image(i, height, width) for i in image])
     if isinstance(image, np.ndarray):
-        a = image.astype(np.float32)
-        if a.ndim == 3: a = a[None]
-        if a.ndim != 4 or a.shape[-1] not in (1, 3): raise ValueError(f"numpy images must be H×W×3 or B×H×W×3 in [0,1], got {a.shape}")
-        if a.max() > 1.0: a = a / 255.0
-        image = torch.from_numpy(a).permute(0, 3, 1, 2)
+        a = image
+        if a.dtype == np.uint16: a = a.astype(np.float32) / 65535        # 16-bit: always 0..65535, even a dark one
+        elif a.dtype.kind in "iu": a = a.astype(np.int64)
+        elif a.dtype.kind == "b": a = a.astype(np.float32)
+        elif a.dtype.kind != "f": raise TypeError(f"image: numpy arrays must hold numbers, got dtype {a.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if t.ndim == 2: t = t[..., None]
+        if t.ndim == 3: t = t[None]
+        if t.ndim != 4: raise ValueError(f"image: numpy images must be H×W×3 or B×H×W×3, got shape {a.shape}")
+        image = t.permute(0, 3, 1, 2)
     if isinstance(image, torch.Tensor):
-        x = image.float()
+        x = image.detach().cpu()
         if x.ndim == 3: x = x[None]
-        if x.ndim != 4 or x.shape[1] != 3: raise ValueError(f"image tensors must be B×3×H×W, got {tuple(x.shape)}")
-        if x.min() >= 0: x = 2 * x - 1                      # [0,1] → [-1,1] (diffusers' rule)
+        x = to_signed_range(_channels(x, "image"), "image")
         if height is not None or width is not None:
             x = torch.nn.functional.interpolate(x, size=(height or x.shape[-2], width or x.shape[-1]), mode="bilinear", align_corners=False)
         check_size(x.shape[-2], x.shape[-1])
         return x
+    if not isinstance(image, (Image.Image, str, Path, list, tuple)):
+        raise TypeError(f"image must be a PIL image, a path, a numpy array or a tensor (or a list of them), got {type(image).__name__}")
     return pil_to_tensor(image, height, width)
 
 def prepare_mask(mask, height: int, width: int) -> torch.Tensor:
-    "Mask (PIL/array/tensor; white/1 = repaint) → float32 B×1×H×W of 0/1, binarised at 0.5 like diffusers."
+    """Mask → float32 B×1×H×W of 0/1 (white/1 = repaint), binarised at 0.5 like diffusers. The range rule: PIL images
+    and integer arrays/tensors are 0..255; bool is 0/1; float arrays/tensors must lie in [0, 1] (a 0..100 or 0..255
+    float mask is refused rather than guessed)."""
+    if mask is None:
+        raise TypeError("mask is required: a PIL image, path, array or tensor of the image's size, white (1) = repaint, black (0) = keep")
     if isinstance(mask, (str, Path)): mask = Image.open(mask)
     if isinstance(mask, (list, tuple)): return torch.cat([prepare_mask(m, height, width) for m in mask])
     if isinstance(mask, Image.Image):
@@ -101,8 +136,15 @@ def prepare_mask(mask, height: int, width: int) -> torch.Tensor:
                              f"give a mask of the same size as the image")
         m = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
     else:
-        m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask).float()
-        if m.max() > 1: m = m / 255.0
+        if not isinstance(mask, (np.ndarray, torch.Tensor)):
+            raise TypeError(f"mask must be a PIL image, a path, a numpy array or a tensor, got {type(mask).__name__}")
+        m = torch.as_tensor(mask.astype(np.float32) if isinstance(mask, np.ndarray) and mask.dtype.kind == "b" else mask).detach().cpu()
+        if not m.is_floating_point(): m = m.float() / 255.0
+        m = m.float()
+        if not torch.isfinite(m).all(): raise ValueError("mask has NaN or infinite values")
+        if m.numel() and (m.min() < 0 or m.max() > 1):
+            raise ValueError(f"float mask values must be in [0, 1] (or give uint8 0..255), got [{m.min().item():.4g}, "
+                             f"{m.max().item():.4g}]: divide by the maximum first")
         while m.ndim < 4: m = m[None]
         if m.shape[1] != 1:                                   # B×H×W×1 (numpy) or B×3×H×W
             m = m.permute(0, 3, 1, 2) if m.shape[-1] == 1 else m.mean(1, keepdim=True)
@@ -214,9 +256,19 @@ def _require_components(folder: Path):
                                 f"(a SD pipeline folder needs {', '.join(need)} next to model_index.json)")
 
 def _build(cls, config: dict, sd: dict, what: str):
-    cfg = {k: v for k, v in config.items()}
-    model = cls.from_config(cfg)
+    "Model from its config, then its weights strictly; `what` names the component and its file(s) in any error."
+    try: model = cls.from_config({k: v for k, v in config.items()})
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        raise ValueError(f"cannot build the {what} from its config: {type(e).__name__}: {e}") from None
     return load_weights(model, sd, what)
+
+def _files(folder: Path, variant=None) -> str:
+    fs = find_weights(folder, variant)
+    return str(fs[0]) + (f" and {len(fs) - 1} more shards" if len(fs) > 1 else "")
+
+def _load_part(cls, folder: Path, what: str, variant=None):
+    "One component folder (config.json + weights) → our module; errors name the files."
+    return _build(cls, read_config(folder), load_component_weights(folder, variant), f"{what} ({_files(folder, variant)})")
 
 @classmethod
 def _from_pretrained(cls, path_or_hub_id, device=None, dtype=None, variant: str | None = None, **hub_kw):
@@ -224,9 +276,9 @@ def _from_pretrained(cls, path_or_hub_id, device=None, dtype=None, variant: str 
     folder = resolve_pipeline_dir(path_or_hub_id, variant, **hub_kw)
     _require_components(folder)
     UNet, VAE, Text, Tok = _component_classes()
-    unet = _build(UNet, read_config(folder / "unet"), load_component_weights(folder / "unet", variant), "UNet")
-    vae = _build(VAE, read_config(folder / "vae"), load_component_weights(folder / "vae", variant), "VAE")
-    text = _build(Text, read_config(folder / "text_encoder"), load_component_weights(folder / "text_encoder", variant), "text encoder")
+    unet = _load_part(UNet, folder / "unet", "UNet", variant)
+    vae = _load_part(VAE, folder / "vae", "VAE", variant)
+    text = _load_part(Text, folder / "text_encoder", "text encoder", variant)
     tok = Tok.from_pretrained(hub_tokenizer_dir(folder / "tokenizer"))
     pipe = cls(unet, vae, text, tok, read_config(folder / "scheduler"), device=device, dtype=dtype)
     pipe.source = str(folder)
@@ -235,12 +287,15 @@ def _from_pretrained(cls, path_or_hub_id, device=None, dtype=None, variant: str 
 @classmethod
 def _from_single_file(cls, path, device=None, dtype=None, config_dir=None, extract_ema: bool = False):
     "Load a single-file CompVis checkpoint (.safetensors / .ckpt, read safely) into our modules."
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a folder, not a single checkpoint file: load a diffusers pipeline folder with "
+                         f"StableDiffusion.from_pretrained({str(path)!r})")
     sds = load_ldm_checkpoint(path, extract_ema=extract_ema)
     cfgs = single_file_configs(sds, config_dir)
     UNet, VAE, Text, Tok = _component_classes()
-    unet = _build(UNet, cfgs["unet"], sds["unet"], "UNet")
-    vae = _build(VAE, cfgs["vae"], sds["vae"], "VAE")
-    text = _build(Text, cfgs["text_encoder"], sds["text_encoder"], "text encoder")
+    unet = _build(UNet, cfgs["unet"], sds["unet"], f"UNet (from {path})")
+    vae = _build(VAE, cfgs["vae"], sds["vae"], f"VAE (from {path})")
+    text = _build(Text, cfgs["text_encoder"], sds["text_encoder"], f"text encoder (from {path})")
     tok = Tok.from_pretrained(hub_tokenizer_dir(Path(config_dir) / "tokenizer")) if config_dir else Tok()
     pipe = cls(unet, vae, text, tok, cfgs["scheduler"], device=device, dtype=dtype)
     pipe.source = str(path)
@@ -353,30 +408,104 @@ StableDiffusion.postprocess = _postprocess
 StableDiffusion.preview = _preview
 
 # %% ../nbs/10_pipeline.ipynb #2db885a8
+SEED_MAX = 2**64 - 1                                         # torch.Generator.manual_seed takes 0 … 2⁶⁴−1
+
 def _generator(seed, generator):
     if generator is not None and seed is not None: raise ValueError("pass either seed= or generator=, not both")
-    if seed is not None: return torch.Generator("cpu").manual_seed(int(seed))
+    if seed is not None: return torch.Generator("cpu").manual_seed(check_int("seed", seed, 0, SEED_MAX))
+    gens = generator if isinstance(generator, (list, tuple)) else [generator]
+    if generator is not None and not all(isinstance(g, torch.Generator) for g in gens):
+        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator('cpu').manual_seed(0)) or a list of "
+                        f"them, got {generator!r} ({type(generator).__name__}); to fix the noise by a number, pass seed=")
     return generator
 
 def _check_args(self, steps, sampler, output_type, num_images, guidance_scale, dynamic_threshold=None,
-                height=None, width=None, strength=None):
-    if not isinstance(steps, int) or steps < 1: raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
-    if sampler not in SAMPLERS: raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if output_type not in OUTPUT_TYPES: raise ValueError(f"unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
-    if not isinstance(num_images, int) or num_images < 1: raise ValueError(f"num_images must be an integer ≥ 1, got {num_images!r}")
-    if guidance_scale < 0: raise ValueError(f"guidance_scale must be ≥ 0 (1 = no guidance, 7.5 = SD's default), got {guidance_scale}")
+                height=None, width=None, strength=None, **more) -> dict:
+    """Check every public argument at the door, with one error naming the argument, its value and what to do.
+    Returns them as plain Python numbers (numpy integers and floats are accepted; floats are not integers)."""
+    T = int(self.scheduler_config.get("num_train_timesteps", 1000))
+    ok = dict(steps=check_int("steps", steps, 1), num_images=check_int("num_images", num_images, 1),
+              guidance_scale=check_float("guidance_scale", guidance_scale, 0.0))
+    if ok["steps"] > T: raise ValueError(f"steps={steps} cannot exceed num_train_timesteps={T}: use at most {T} steps")
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
+        raise ValueError(f"unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
     if dynamic_threshold is not None:
         if sampler not in THRESHOLDING_SAMPLERS:
             raise ValueError(f"dynamic thresholding works with the samplers {', '.join(THRESHOLDING_SAMPLERS)} "
                              f"(they predict x₀ explicitly), not {sampler!r}")
-        if not 0 < dynamic_threshold <= 1:
-            raise ValueError(f"dynamic_threshold is a percentile ratio in (0, 1] (Imagen uses 0.995), got {dynamic_threshold}")
-    if height is not None:
-        check_size(height, width, 8)
+        ok["dynamic_threshold"] = d = check_float("dynamic_threshold", dynamic_threshold)
+        if not 0 < d <= 1:
+            raise ValueError(f"dynamic_threshold is a percentile ratio in (0, 1] (Imagen uses 0.995), got {d}")
+    if height is not None or width is not None:
+        ok["height"], ok["width"] = h, w = check_int("height", height, 1), check_int("width", width, 1)
+        check_size(h, w, 8)
         f = self.vae_scale_factor
-        if height % f or width % f: raise ValueError(f"height and width must be multiples of the VAE's factor {f}, got {height}×{width}")
-    if strength is not None and not (0.0 <= strength <= 1.0):
-        raise ValueError(f"strength must be in [0, 1] (0 = keep the image, 1 = ignore it), got {strength}")
+        if h % f or w % f: raise ValueError(f"height and width must be multiples of the VAE's factor {f}, got {h}×{w}")
+    if strength is not None:
+        ok["strength"] = check_float("strength", strength)
+        if not 0.0 <= ok["strength"] <= 1.0:
+            raise ValueError(f"strength must be in [0, 1] (0 = keep the image, 1 = ignore it), got {strength}")
+    limits = {"eta": (0.0, None), "guidance_rescale": (0.0, 1.0), "threshold_max": (0.0, None)}
+    for k, (lo, hi) in limits.items():
+        if k in more: ok[k] = check_float(k, more[k], lo, hi)
+    if more.get("callback") is not None and not callable(more["callback"]):
+        raise TypeError(f"callback must be a function (i, t, latents) or None, got {type(more['callback']).__name__}")
+    if "callback_steps" in more: ok["callback_steps"] = check_int("callback_steps", more["callback_steps"], 1)
+    return ok
+
+def _check_latents(latents, shape: tuple) -> torch.Tensor | None:
+    "User latents: a tensor or numpy array of exactly `shape`, finite."
+    if latents is None: return None
+    if isinstance(latents, np.ndarray): latents = torch.from_numpy(np.ascontiguousarray(latents))
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"latents must be a tensor (or numpy array) of shape {shape}, got {type(latents).__name__}")
+    if tuple(latents.shape) != shape: raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+    if not latents.is_floating_point() or not torch.isfinite(latents).all():
+        raise ValueError("latents must be finite floating-point noise (standard normal); they hold NaN/inf or integers")
+    return latents
+
+def _free_memory(device: torch.device) -> int | None:
+    "Bytes free for tensors: CUDA's free memory, or the machine's MemAvailable capped by a cgroup limit (None: unknown)."
+    if device.type == "cuda": return torch.cuda.mem_get_info(device)[0]
+    free = []
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/meminfo") as f: free.append(next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable")))
+    with contextlib.suppress(OSError, ValueError):                    # a container's limit minus what it already uses
+        lim = open("/sys/fs/cgroup/memory.max").read().strip()
+        if lim != "max": free.append(int(lim) - int(open("/sys/fs/cgroup/memory.current").read()))
+    return min(free) if free else None
+
+def _estimate_memory(self, batch: int, height: int, width: int) -> int:
+    """Rough peak bytes of one call: the VAE's full-resolution feature maps (≈ 4 live maps of C₀×H×W fp32 per image)
+    plus the UNet's first level (≈ 16 skip/activation maps of C₀×h×w, twice with guidance), weights not included."""
+    c_vae = (_as_dict(getattr(self.vae, "config", None)).get("block_out_channels") or [128])[0]
+    c_unet = (_as_dict(self.unet.config).get("block_out_channels") or [320])[0]
+    f = self.vae_scale_factor
+    return batch * (4 * c_vae * height * width * 4 + 2 * 16 * c_unet * (height // f) * (width // f) * 4)
+
+def _check_memory(self, batch: int, height: int, width: int):
+    "Refuse, before any work, a size × batch that cannot fit: the message states the estimated memory."
+    need, free = self.estimate_memory(batch, height, width), _free_memory(self.device)
+    if free is not None and need > free:
+        raise ValueError(f"{batch} image(s) of {width}×{height} need about {need / 2**30:.1f} GiB (estimated: VAE and UNet "
+                         f"activations), more than the {free / 2**30:.1f} GiB free on {self.device}; lower height/width or "
+                         f"num_images, or generate in several calls")
+
+@contextlib.contextmanager
+def _one_line_long_prompt_warning(self, texts: list[str]):
+    "Warn in one short line when a prompt is longer than CLIP's window (and silence the tokenizer's long warning)."
+    n_max = int(getattr(self.tokenizer, "model_max_length", 77)) - 2
+    enc, lg = getattr(self.tokenizer, "encode", None), logging.getLogger("sd_from_scratch.tokenizer")
+    long = [] if enc is None else [(i, n) for i, t in enumerate(texts) if (n := len(enc(t, add_special_tokens=False))) > n_max]
+    if long:
+        (i, n), more = long[0], f" (and {len(long) - 1} more prompts)" if len(long) > 1 else ""
+        warnings.warn(f"prompt {i} is {n} tokens long; CLIP reads {n_max} (77 with start/end), the last {n - n_max} are "
+                      f"ignored{more}", stacklevel=4)
+    old, lg.disabled = lg.disabled, lg.disabled or bool(long)
+    try: yield
+    finally: lg.disabled = old
 
 def _every(callback, callback_steps: int = 1):
     "Call `callback` only every `callback_steps` steps (keeping its 3- or 4-argument form)."
@@ -387,6 +516,9 @@ def _every(callback, callback_steps: int = 1):
     return cb
 
 StableDiffusion._check_args = _check_args
+StableDiffusion.estimate_memory = _estimate_memory
+StableDiffusion._check_memory = _check_memory
+StableDiffusion._long_prompt = _one_line_long_prompt_warning
 
 # %% ../nbs/10_pipeline.ipynb #be9eaa35
 def _default_hw(self) -> tuple[int, int]:
@@ -417,15 +549,21 @@ def _txt2img(self, prompt, negative_prompt=None, height: int | None = None, widt
     height/width None: the model's native size (`default_hw`); sampler None: the folder's scheduler."""
     prompts = _prompts(prompt)
     sampler = self._sampler_or_default(sampler)
-    height, width = height or self.default_hw[0], width or self.default_hw[1]
-    self._check_args(steps, sampler, output_type, num_images, guidance_scale, dynamic_threshold, height, width)
+    height = self.default_hw[0] if height is None else height                 # None → native size; 0 is an error
+    width = self.default_hw[1] if width is None else width
+    ok = self._check_args(steps, sampler, output_type, num_images, guidance_scale, dynamic_threshold, height, width,
+                          eta=eta, guidance_rescale=guidance_rescale, threshold_max=threshold_max, callback=callback,
+                          callback_steps=callback_steps)
+    steps, num_images, guidance_scale, height, width = (ok[k] for k in ("steps", "num_images", "guidance_scale", "height", "width"))
+    eta, guidance_rescale, threshold_max = ok["eta"], ok["guidance_rescale"], ok["threshold_max"]
     generator = _generator(seed, generator)
-    context = self.encode_prompt(prompts, negative_prompt, num_images, guidance_scale > 1.0, clip_skip)
     shape = (len(prompts) * num_images, self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+    latents = _check_latents(latents, shape)
+    self._check_memory(shape[0], height, width)
+    with self._long_prompt(prompts + ([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt or []))):
+        context = self.encode_prompt(prompts, negative_prompt, num_images, guidance_scale > 1.0, clip_skip)
     if latents is None: noise = randn_tensor(shape, generator, self.device, self.dtype)
-    else:
-        if tuple(latents.shape) != shape: raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        noise = latents.to(self.device)
+    else: noise = latents.to(self.device)
     model = self._eps_model(context, guidance_scale, guidance_rescale)
     z0 = run_sampler(model, noise.float(), sampler, steps, self.scheduler_config, generator, eta,
                      callback=_every(callback, callback_steps), progress=self.progress if progress is None else progress,
@@ -452,13 +590,21 @@ def _img2img(self, prompt, image, strength: float = 0.8, negative_prompt=None, s
     "Image + text → image: denoise the noised image from the step that `strength` selects."
     prompts = _prompts(prompt)
     sampler = self._sampler_or_default(sampler)
-    self._check_args(steps, sampler, output_type, num_images, guidance_scale, dynamic_threshold, strength=strength)
+    ok = self._check_args(steps, sampler, output_type, num_images, guidance_scale, dynamic_threshold, strength=strength,
+                          eta=eta, guidance_rescale=guidance_rescale, threshold_max=threshold_max, callback=callback,
+                          callback_steps=callback_steps)
+    steps, num_images, guidance_scale, strength = ok["steps"], ok["num_images"], ok["guidance_scale"], ok["strength"]
+    eta, guidance_rescale, threshold_max = ok["eta"], ok["guidance_rescale"], ok["threshold_max"]
     _start_steps(steps, strength)
+    if height is not None: height = check_int("height", height, 1)
+    if width is not None: width = check_int("width", width, 1)
+    generator = _generator(seed, generator)
     x = prepare_image(image, height, width)
     self._check_args(steps, sampler, output_type, num_images, guidance_scale, height=x.shape[-2], width=x.shape[-1])
-    generator = _generator(seed, generator)
-    context = self.encode_prompt(prompts, negative_prompt, num_images, guidance_scale > 1.0, clip_skip)
     B = len(prompts) * num_images
+    self._check_memory(max(B, x.shape[0]), x.shape[-2], x.shape[-1])
+    with self._long_prompt(prompts + ([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt or []))):
+        context = self.encode_prompt(prompts, negative_prompt, num_images, guidance_scale > 1.0, clip_skip)
     init = self.encode_images(x, generator)                                    # B_img×4×h×w
     if B % init.shape[0]: raise ValueError(f"cannot spread {init.shape[0]} images over {B} outputs")
     init = torch.cat([init] * (B // init.shape[0])) if B > init.shape[0] else init
@@ -482,18 +628,26 @@ def _inpaint(self, prompt, image, mask, negative_prompt=None, strength: float = 
     "Repaint the white part of `mask` in `image` following the prompt; the black part is kept."
     prompts = _prompts(prompt)
     sampler = self._sampler_or_default(sampler)
-    self._check_args(steps, sampler, output_type, num_images, guidance_scale, strength=strength)
+    ok = self._check_args(steps, sampler, output_type, num_images, guidance_scale, strength=strength, eta=eta,
+                          guidance_rescale=guidance_rescale, callback=callback, callback_steps=callback_steps)
+    steps, num_images, guidance_scale, strength = ok["steps"], ok["num_images"], ok["guidance_scale"], ok["strength"]
+    eta, guidance_rescale = ok["eta"], ok["guidance_rescale"]
     n_steps = _start_steps(steps, strength)
     c_unet = self.unet_in_channels
     if c_unet not in (4, 9): raise ValueError(f"inpainting needs a UNet with 4 or 9 input channels, this one has {c_unet}")
+    if height is not None: height = check_int("height", height, 1)
+    if width is not None: width = check_int("width", width, 1)
+    generator = _generator(seed, generator)
+    if mask is None: prepare_mask(mask, 0, 0)                                 # the clear "mask is required" error, first
     x = prepare_image(image, height, width)                                    # B_img×3×H×W in [-1,1]
     H, W = x.shape[-2:]
     self._check_args(steps, sampler, output_type, num_images, guidance_scale, height=H, width=W)
     m = prepare_mask(mask, H, W).to(self.device)                               # B_m×1×H×W, 1 = repaint
-    generator = _generator(seed, generator)
-    context = self.encode_prompt(prompts, negative_prompt, num_images, guidance_scale > 1.0, clip_skip)
-    guided = guidance_scale > 1.0
     B, f = len(prompts) * num_images, self.vae_scale_factor
+    self._check_memory(max(B, x.shape[0]), H, W)
+    with self._long_prompt(prompts + ([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt or []))):
+        context = self.encode_prompt(prompts, negative_prompt, num_images, guidance_scale > 1.0, clip_skip)
+    guided = guidance_scale > 1.0
     shape = (B, self.latent_channels, H // f, W // f)
     cfg = self.scheduler_config
     full = strength == 1.0

@@ -84,26 +84,44 @@ def default_sampler(config: dict | None) -> str:
     raise ValueError(f"scheduler {name!r} is not one of ours; pass one of {', '.join(SAMPLERS)} as the sampler")
 
 # %% ../nbs/07_samplers.ipynb #763c7bce
+def _spacing_ok(ts: np.ndarray, T: int) -> bool:
+    "Usable timesteps lie in [0, T-1] and strictly decrease (a repeat makes a zero step: NaN in DPM-Solver, ÷0 in LMS)."
+    return len(ts) > 0 and ts.min() >= 0 and ts.max() <= T - 1 and bool((np.diff(ts) < 0).all())
+
+def _checked(fn):
+    "Wrap a spacing function: a step count whose timesteps are unusable is an error naming the largest one that works."
+    def spaced(s: dict, n: int) -> np.ndarray:
+        T = s["num_train_timesteps"]
+        if n > T: raise ValueError(f"steps={n} cannot exceed num_train_timesteps={T}: use at most {T} steps")
+        ts = fn(s, n)
+        if _spacing_ok(ts, T): return ts
+        ok = next((m for m in range(n - 1, 0, -1) if _spacing_ok(fn(s, m), T)), 1)
+        raise ValueError(f"steps={n} is too many for this scheduler config ({s['timestep_spacing']!r} spacing, "
+                         f"steps_offset={s.get('steps_offset', 0)}, num_train_timesteps={T}): its timesteps would leave "
+                         f"[0, {T - 1}] or repeat; use at most {ok} steps")
+    spaced.__doc__, spaced.__name__ = fn.__doc__, fn.__name__
+    return spaced
+
+@_checked
 def _int_timesteps(s: dict, n: int) -> np.ndarray:
     "DDPM/DDIM/PNDM spacing: n integer timesteps, descending."
     T, spacing = s["num_train_timesteps"], s["timestep_spacing"]
-    if n > T: raise ValueError(f"steps={n} cannot exceed num_train_timesteps={T}")
     if spacing == "linspace": return np.linspace(0, T - 1, n).round()[::-1].astype(np.int64)
     if spacing == "leading": return (np.arange(n) * (T // n)).round()[::-1].astype(np.int64) + s["steps_offset"]
     return np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1            # trailing
 
+@_checked
 def _float_timesteps(s: dict, n: int) -> np.ndarray:
     "LMS/Euler/Euler-ancestral/Heun spacing: n float32 timesteps, descending (linspace ones need not be integers)."
     T, spacing = s["num_train_timesteps"], s["timestep_spacing"]
-    if n > T: raise ValueError(f"steps={n} cannot exceed num_train_timesteps={T}")
     if spacing == "linspace": return np.linspace(0, T - 1, n, dtype=np.float32)[::-1].copy()
     if spacing == "leading": return (np.arange(n) * (T // n)).round()[::-1].astype(np.float32) + s["steps_offset"]
     return np.arange(T, 0, -T / n).round().astype(np.float32) - 1             # trailing
 
+@_checked
 def _dpm_timesteps(s: dict, n: int) -> np.ndarray:
     "DPM-Solver spacing: n + 1 points, the last (t = 0) dropped."
     T, spacing = s["num_train_timesteps"], s["timestep_spacing"]
-    if n > T: raise ValueError(f"steps={n} cannot exceed num_train_timesteps={T}")
     if spacing == "linspace": return np.linspace(0, T - 1, n + 1).round()[::-1][:-1].astype(np.int64)
     if spacing == "leading":
         return (np.arange(n + 1) * (T // (n + 1))).round()[::-1][:-1].astype(np.int64) + s["steps_offset"]
@@ -139,6 +157,9 @@ def sampling_plan(sampler: str, steps: int = 50, config: dict | None = None) -> 
     "Timesteps, σ's and start scale of `sampler` with `steps` steps, as diffusers' scheduler picks them from `config`."
     check_sampler(sampler, steps)
     s = sampler_settings(sampler, config)
+    if steps > s["num_train_timesteps"]:
+        raise ValueError(f"steps={steps} cannot exceed num_train_timesteps={s['num_train_timesteps']}: use at most "
+                         f"{s['num_train_timesteps']} steps")
     ac = cumprod_alphas(_betas(s))
     if sampler in ("ddpm", "ddim"):
         return Plan(sampler, steps, s, ac, torch.from_numpy(_int_timesteps(s, steps).copy()), None, 1.0)

@@ -188,3 +188,38 @@ def test_single_file_configs(tiny):
     assert single_file_configs(sds, d)["unet"]["block_out_channels"] == [32, 64]
     cf = single_file_configs({"unet": {"conv_in.weight": torch.zeros(320, 9, 3, 3, device="meta")}})
     assert cf["unet"]["in_channels"] == 9 and cf["scheduler"]["skip_prk_steps"] is True
+
+
+def _copy(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+def test_files_name_themselves_in_errors(tiny, tmp_path):
+    "A truncated .safetensors, an invalid config.json, weights of the wrong shape: each error names the file."
+    from sd_from_scratch.pipeline import StableDiffusion
+    d, _ = tiny
+    bad = _copy(d, tmp_path / "truncated")
+    w = bad / "unet" / "diffusion_pytorch_model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"unet/diffusion_pytorch_model\.safetensors.*truncated"): StableDiffusion.from_pretrained(bad)
+    bad = _copy(d, tmp_path / "json")
+    (bad / "vae" / "config.json").write_text('{"in_channels": 3,,}')
+    with pytest.raises(ValueError, match=r"vae/config\.json is not valid JSON"): StableDiffusion.from_pretrained(bad)
+    bad = _copy(d, tmp_path / "shapes")
+    from safetensors.torch import load_file, save_file
+    t = bad / "text_encoder" / "model.safetensors"
+    sd = load_file(t); k = next(iter(sd)); sd[k] = torch.zeros(3, 3); save_file(sd, t)
+    with pytest.raises(ValueError, match=r"text encoder \(.*text_encoder/model\.safetensors\)"): StableDiffusion.from_pretrained(bad)
+    bad = _copy(d, tmp_path / "keys")
+    cfg = bad / "unet" / "config.json"
+    import json
+    c = json.loads(cfg.read_text()); c["layers_per_block"] = 1; cfg.write_text(json.dumps(c))
+    with pytest.raises(ValueError, match=r"(?s)UNet \(.*unet/diffusion_pytorch_model\.safetensors\).*unexpected keys"):
+        StableDiffusion.from_pretrained(bad)
+
+def test_single_file_given_a_folder(tiny):
+    from sd_from_scratch.pipeline import StableDiffusion
+    d, _ = tiny
+    with pytest.raises(ValueError, match=r"is a folder.*from_pretrained"): StableDiffusion.from_single_file(d)
+    with pytest.raises(ValueError, match=r"is a folder"): load_state_dict(d / "unet")

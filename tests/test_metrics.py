@@ -232,3 +232,14 @@ def test_frechet_is_symmetric_and_nonnegative():
         assert ab > -tol and abs(ab - ba) <= 1e-6 * max(1.0, abs(ab))
         assert abs(fid(a, a)) <= tol
     check()
+
+
+def test_fid_of_a_set_with_itself_is_zero_not_negative():
+    "More features than samples: Σ is singular and the trace of sqrt(Σ·Σ) comes out a hair too large; FID clamps at 0."
+    import numpy as np
+    from sd_from_scratch.metrics import fid, frechet_distance
+    for seed in range(5):
+        f = np.random.default_rng(seed).standard_normal((20, 64))
+        d = fid(f, f)
+        assert d >= 0 and abs(d) < 1e-6, d
+    assert frechet_distance(np.zeros(3), np.eye(3), np.ones(3), np.eye(3)) == pytest.approx(3.0)

@@ -340,3 +340,90 @@ def test_hub_id_offline_message(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(ConnectionError, match="huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5"):
         StableDiffusion.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5")
+
+
+# ---- every argument checked at the door (issue #25)
+
+@pytest.fixture(scope="module")
+def toy():
+    import sd_from_scratch
+    pipe = sd_from_scratch.load_default(device="cpu"); pipe.progress = False
+    return pipe
+
+BAD_TXT2IMG = [  # (kwargs, error type, words the message must contain)
+    (dict(guidance_scale=float("nan")), ValueError, "guidance_scale"),
+    (dict(guidance_scale=float("inf")), ValueError, "guidance_scale"),
+    (dict(eta=float("nan"), sampler="ddim"), ValueError, "eta"),
+    (dict(height=0), ValueError, "height"),
+    (dict(width=0), ValueError, "width"),
+    (dict(height=32.0), TypeError, "height"),
+    (dict(guidance_rescale=-0.5), ValueError, "guidance_rescale"),
+    (dict(guidance_rescale=1.5), ValueError, "guidance_rescale"),
+    (dict(seed=1.7), TypeError, "seed"),
+    (dict(seed=-1), ValueError, "seed"),
+    (dict(seed=2**70), ValueError, "seed"),
+    (dict(num_images=True), TypeError, "num_images"),
+    (dict(num_images=0), ValueError, "num_images"),
+    (dict(generator="cpu"), TypeError, "generator"),
+    (dict(steps=4.0), TypeError, "steps"),
+    (dict(steps=1001), ValueError, "steps"),
+    (dict(latents=torch.full((1, 4, 16, 16), float("nan"))), ValueError, "latents"),
+    (dict(latents=torch.full((1, 4, 16, 16), float("inf"))), ValueError, "latents"),
+    (dict(latents=torch.zeros(1, 4, 5, 4)), ValueError, "latents"),
+    (dict(callback_steps=0), ValueError, "callback_steps"),
+    (dict(threshold_max=float("nan")), ValueError, "threshold_max"),
+    (dict(num_images=10**6), ValueError, "GiB"),
+]
+
+@pytest.mark.parametrize("kw,err,words", BAD_TXT2IMG, ids=[str(k)[:40] for k, _, _ in BAD_TXT2IMG])
+def test_txt2img_rejects_at_the_door(toy, kw, err, words, one_thread):
+    with pytest.raises(err, match=words): toy("a red 7 on a blue background", **{"steps": 2, **kw})
+
+def test_integer_like_and_numpy_values_are_accepted(toy, one_thread):
+    a = toy("a red 7", steps=np.int64(2), num_images=np.int32(1), seed=np.int64(3), height=np.int64(32),
+            guidance_scale=np.float32(5.0), output_type="np")
+    b = toy("a red 7", steps=2, seed=3, guidance_scale=5.0, output_type="np")
+    np.testing.assert_array_equal(a, b)
+    lat = torch.randn(1, 4, 16, 16, generator=gen(0))
+    np.testing.assert_array_equal(toy("a red 7", steps=2, latents=lat.numpy(), output_type="np"),
+                                  toy("a red 7", steps=2, latents=lat, output_type="np"))
+
+def test_the_largest_step_count_gives_a_finite_image_or_a_clear_error(toy, one_thread):
+    "The shipped model's DDIM config ('leading', steps_offset 1): 1000 DDIM steps and 999 DPM-Solver steps are clear errors."
+    for sampler, n in (("ddim", 1000), ("dpmpp_2m", 999), ("pndm", 1000)):
+        with pytest.raises(ValueError, match=f"steps={n} .*use at most"): toy("a red 7", steps=n, sampler=sampler)
+    # that the largest allowed counts give finite latents is test_samplers.py::test_steps_up_to_num_train_timesteps
+
+def test_image_range_rule_is_the_same_for_numpy_and_tensors(toy):
+    from sd_from_scratch.pipeline import prepare_image
+    a = np.random.default_rng(0).uniform(0, 1, (32, 32, 3)).astype(np.float32)
+    t = torch.from_numpy(a).permute(2, 0, 1)
+    ref = prepare_image(a)
+    for x in (t, a * 255, t * 255, (a * 255).round().astype(np.uint8), (t * 255).round().to(torch.uint8), t * 2 - 1):
+        torch.testing.assert_close(prepare_image(x), ref, atol=2.5 / 255, rtol=0)
+    for bad in (a * 1000, t * 1000, t * 3 - 2, np.full((32, 32, 3), np.nan, np.float32)):
+        with pytest.raises(ValueError, match="image"): prepare_image(bad)
+
+def test_mask_rule(toy):
+    from sd_from_scratch.pipeline import prepare_mask
+    m = np.zeros((32, 32), np.float32); m[8:24, 8:24] = 1
+    ref = prepare_mask(m, 32, 32)
+    assert ref.sum() == 256
+    torch.testing.assert_close(prepare_mask((m * 255).astype(np.uint8), 32, 32), ref)
+    torch.testing.assert_close(prepare_mask(torch.from_numpy(m), 32, 32), ref)
+    with pytest.raises(ValueError, match=r"mask.*\[0, 1\]"): prepare_mask(m * 100, 32, 32)    # 0..100 floats: ambiguous
+    with pytest.raises(ValueError, match="mask"): prepare_mask(m * np.nan, 32, 32)
+    photo = sample_image("chelsea", 32)
+    with pytest.raises(TypeError, match="mask"): toy.inpaint("a red 7", photo, None, steps=2)
+
+def test_img2img_size_guard_states_memory(toy):
+    big = np.zeros((8000, 8000, 3), np.uint8)
+    with pytest.raises(ValueError, match="GiB"): toy.img2img("a red 7", big, steps=2)
+
+def test_long_prompt_warns_in_one_short_line(toy, caplog, one_thread):
+    import warnings, logging
+    with warnings.catch_warnings(record=True) as w, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        toy("a red 7 " * 2000, steps=1)
+    msgs = [str(x.message) for x in w] + [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and len(msgs[0]) < 300 and "77" in msgs[0], [m[:200] for m in msgs]

@@ -216,3 +216,22 @@ def test_pndm_prk_img2img(strength):
     for t in ts: x = sch.step(model(x, t), t, x).prev_sample
     ours = sample(model, NOISE, "pndm", steps, cfg, init=init, strength=strength)
     assert (ours - x).abs().max().item() <= 1e-4
+
+
+TINY_SD_SCHEDULER = {**SD, "_class_name": "DDIMScheduler", "timestep_spacing": "leading", "prediction_type": "epsilon"}
+
+@pytest.mark.parametrize("config", [SD, TINY_SD_SCHEDULER], ids=["sd15", "tiny-sd"])
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_steps_up_to_num_train_timesteps(name, config):
+    """The rule: every step count from 1 to num_train_timesteps gives a finite result, or a ValueError that names the
+    largest step count this scheduler config allows (never an IndexError, a ZeroDivisionError or NaN latents)."""
+    model = lambda x, t: 0.1 * x
+    noise = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    for n in (998, 999, 1000):
+        try: out = sample(model, noise, name, n, config)
+        except ValueError as e:
+            assert f"steps={n}" in str(e) and "at most" in str(e), e
+            m = int(str(e).split("at most ")[1].split()[0].rstrip(";,."))
+            assert m < n and torch.isfinite(sample(model, noise, name, m, config)).all()
+        else: assert torch.isfinite(out).all(), (name, n)
+    with pytest.raises(ValueError, match="steps"): sample(model, noise, name, 1001, config)

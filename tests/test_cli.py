@@ -1,0 +1,121 @@
+"""`sdfs`: output paths claimed atomically and validated before any work, arguments checked, A1111 text read strictly."""
+import os, threading
+from pathlib import Path
+import numpy as np
+import pytest
+from PIL import Image
+from sd_from_scratch import cli
+from sd_from_scratch.cli import main, parse_parameters, read_parameters, output_paths, format_parameters
+
+P = "a red 7 on a blue background"
+
+def gen(*args, steps="2"):
+    return main(["generate", P, "--steps", steps, "--device", "cpu", *args])
+
+def test_parallel_generates_never_collide(tmp_path, one_thread):
+    "Five generates with the same seed into one folder, at once: five files, none lost (names claimed with O_EXCL)."
+    d = tmp_path / "D"
+    rcs = []
+    ts = [threading.Thread(target=lambda: rcs.append(gen("--seed", "7", "--out", str(d)))) for _ in range(5)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    assert rcs == [0] * 5
+    files = sorted(f.name for f in d.iterdir())
+    assert files == [f"{i:05d}-7.png" for i in range(1, 6)], files
+    assert all((d / f).stat().st_size > 0 for f in files)
+
+def test_claims_are_exclusive(tmp_path):
+    a = output_paths(tmp_path, 2, 7); b = output_paths(tmp_path, 1, 7)
+    assert [p.name for p in a + b] == ["00001-7.png", "00002-8.png", "00003-7.png"]
+    with pytest.raises(FileExistsError, match="overwrite"): output_paths(tmp_path / "00001-7.png", 1, 7)
+
+def test_overwrite_replaces_only_the_named_file(tmp_path, one_thread):
+    d = tmp_path / "D"
+    assert gen("--seed", "1", "--out", str(d)) == 0 and gen("--seed", "1", "--out", str(d), "--overwrite") == 0
+    assert sorted(f.name for f in d.iterdir()) == ["00001-1.png", "00002-1.png"]       # a folder: always a fresh name
+    f = tmp_path / "x.png"
+    assert gen("--seed", "1", "--out", str(f)) == 0
+    assert gen("--seed", "2", "--out", str(f)) == 2
+    assert gen("--seed", "2", "--out", str(f), "--overwrite") == 0
+    assert read_parameters(f)["seed"] == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["D", "x.png"]
+
+def test_output_paths_are_checked_before_any_work(tmp_path, monkeypatch, capsys):
+    def no_work(*a, **k): raise AssertionError("the model was loaded before the output path was checked")
+    monkeypatch.setattr(cli, "load_pipeline", no_work)
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "x.png").mkdir()
+    cases = [(tmp_path / "file.txt", "is a file"), (tmp_path / "file.txt" / "sub", "is a file"),
+             (tmp_path / "x.png", "is a folder"), (tmp_path / "file.txt" / "a.png", "is a file")]
+    for out, words in cases:
+        assert gen("--out", str(out)) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1 and ".tmp" not in err, err
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write into read-only folders")
+def test_unwritable_folder_is_refused_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a, **k: pytest.fail("model loaded first"))
+    ro = tmp_path / "ro"; ro.mkdir(); ro.chmod(0o500)
+    assert gen("--out", str(ro)) == 2 and "cannot write" in capsys.readouterr().err
+
+def test_write_errors_name_the_file_not_the_temp_file(tmp_path, monkeypatch):
+    def full(self, fp, *a, **k): raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(OSError) as e: cli.save_png(Image.new("RGB", (8, 8)), tmp_path / "x.png", "p\nSteps: 1")
+    assert "x.png" in str(e.value) and ".tmp" not in str(e.value) and "No space" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+@pytest.mark.parametrize("args,words", [
+    (["--num", "0"], "--num"), (["--seed", str(2**70)], "--seed"), (["--seed", "-3"], "--seed"),
+    (["--size", "40x33"], "width×height"), (["--size", "0"], "--size"), (["--guidance", "nan"], "--guidance"),
+    (["--steps", "0"], "--steps"), (["--eta", "inf", "--sampler", "ddim"], "--eta"),
+])
+def test_bad_arguments_are_one_line_errors(tmp_path, monkeypatch, capsys, args, words):
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a, **k: pytest.fail("model loaded before the arguments were checked"))
+    assert gen(*args, "--out", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1, err
+
+def test_size_message_is_width_by_height(capsys, tmp_path):
+    assert gen("--size", "40x33", "--out", str(tmp_path)) == 2
+    assert "try 40x32" in capsys.readouterr().err
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_one_line(capsys, tmp_path):
+    assert gen("--device", "cuda", "--out", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cuda" in err and "--device cpu" in err, err
+    assert main(["generate", P, "--device", "tpu9", "--out", str(tmp_path)]) == 2 and "--device" in capsys.readouterr().err
+
+def test_from_png_junk_and_a1111_schedule_type(tmp_path, capsys):
+    from PIL.PngImagePlugin import PngInfo
+    info = PngInfo(); info.add_text("parameters", "just some words, no settings")
+    Image.new("RGB", (8, 8)).save(tmp_path / "junk.png", pnginfo=info)
+    assert gen("--from-png", str(tmp_path / "junk.png"), "--out", str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert "junk.png" in err and "Steps" in err, err
+    p = parse_parameters("a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512")
+    assert p["sampler"] == "dpmpp_2m_karras"
+    assert parse_parameters(format_parameters(dict(prompt="x", steps=3, sampler="dpmpp_2m_karras", seed=1)))["sampler"] == "dpmpp_2m_karras"
+
+def test_long_prompt_warns_in_one_line(tmp_path, capsys, one_thread):
+    assert main(["generate", "a red 7 " * 500, "--steps", "1", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 300 and "warning" in err, err[:500]
+
+def test_model_single_file(tmp_path, capsys, one_thread):
+    import sd_from_scratch
+    from sd_from_scratch.loading import save_ldm_checkpoint
+    from sd_from_scratch.images import shipped
+    pipe = sd_from_scratch.load_default()
+    f = save_ldm_checkpoint(tmp_path / "tiny.safetensors", pipe.unet.state_dict(), pipe.vae.state_dict(), pipe.text_encoder.state_dict())
+    assert gen("--model", str(f), "--config", str(shipped("tiny-sd")), "--seed", "3", "--out", str(tmp_path / "a.png")) == 0
+    assert gen("--seed", "3", "--out", str(tmp_path / "b.png")) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))
+    assert read_parameters(tmp_path / "a.png")["model"] == "tiny.safetensors"
+    capsys.readouterr()
+    assert gen("--model", str(f), "--out", str(tmp_path / "c.png")) == 2       # SD v1.5 configs do not fit the tiny weights
+    err = capsys.readouterr().err
+    assert "--config" in err and err.count("\n") <= 6, err
+    (tmp_path / "w.bin").write_bytes(b"x")
+    assert gen("--model", str(tmp_path / "w.bin"), "--out", str(tmp_path / "d.png")) == 2
+    assert ".safetensors or .ckpt" in capsys.readouterr().err
