@@ -187,9 +187,11 @@ def solution_train(p_drop: float, steps: int = 1500, seed: int = 0):
     return model
 
 def solution_what_breaks(steps: int = 1500) -> dict:
-    from sd_from_scratch.exercises.toy import guidance_gain
-    return {"gain_with_dropout": guidance_gain(solution_train(0.1, steps).eval())["gain"],
-            "gain_without_dropout": guidance_gain(solution_train(0.0, steps).eval())["gain"]}
+    from sd_from_scratch.exercises.toy import guidance_gain, empty_prompt_loss
+    with_drop, without = solution_train(0.1, steps).eval(), solution_train(0.0, steps).eval()
+    return {"gain_with_dropout": guidance_gain(with_drop)["gain"], "gain_without_dropout": guidance_gain(without)["gain"],
+            "empty_ratio_with_dropout": empty_prompt_loss(with_drop)["ratio"],
+            "empty_ratio_without_dropout": empty_prompt_loss(without)["ratio"]}
 
 # ---- ex_13: evaluation
 def solution_feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

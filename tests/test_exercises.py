@@ -301,12 +301,15 @@ def _train_drop_to_wrong_id(p_drop, steps=1500, seed=0):
 
 def test_train_mistakes():
     fails(check_train, _train_no_step, "did not learn the colours")
-    fails(check_train, _train_drop_to_wrong_id, "guidance does not help", "EMPTY = 0")
-    fails(check_train, _train_ignoring_p, "still helps as much as with dropout", "is p ignored")
+    fails(check_train, _train_drop_to_wrong_id, "empty caption was not learned", "EMPTY = 0")
+    fails(check_train, _train_ignoring_p, "empty caption was learned", "is p ignored")
 
 def test_what_breaks_mistakes():
-    fails(check_what_breaks, lambda: {"gain_with_dropout": 0.01, "gain_without_dropout": 0.0}, "gain_with_dropout", "outside the expected band")
-    fails(check_what_breaks, lambda: {"gain_with_dropout": 0.02, "gain_without_dropout": 0.18}, "outside the expected band", "10 % caption dropout")
+    good = {"gain_with_dropout": 0.17, "gain_without_dropout": 0.02, "empty_ratio_with_dropout": 1.57, "empty_ratio_without_dropout": 2.4}
+    fails(check_what_breaks, lambda: {**good, "gain_with_dropout": 0.01}, "gain_with_dropout", "outside the expected band")
+    fails(check_what_breaks, lambda: {**good, "empty_ratio_with_dropout": 2.4, "empty_ratio_without_dropout": 1.57},
+          "empty_ratio_with_dropout", "10 % caption dropout")
+    fails(check_what_breaks, lambda: {"gain_with_dropout": 0.17, "gain_without_dropout": 0.02}, "lacks")
 
 # ---- data
 def test_funnel_mistakes():
