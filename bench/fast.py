@@ -24,7 +24,10 @@ warnings.simplefilter("ignore")
 ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=256); ap.add_argument("--steps", type=int, default=10)
 ap.add_argument("--rounds", type=int, default=3); ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--fp32-rounds", type=int, default=None, help="rounds of the (slow) fp32 pair; default --rounds")
 ap.add_argument("--toy-rounds", type=int, default=7)
+ap.add_argument("--skip-fp32", action="store_true", help="only the bf16 configurations (the fp32 pair is the slow part)")
+ap.add_argument("--no-context", action="store_true", help="skip the plain-bf16 context runs")
 ap.add_argument("--skip-sd15", action="store_true"); ap.add_argument("--skip-toy", action="store_true")
 ap.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "sdfs_bench_sd15_random"))
 ap.add_argument("--json", default=None, help="also write the results here")
@@ -66,7 +69,7 @@ def timed(fn):
     t = time.perf_counter(); out = fn(); return time.perf_counter() - t, out
 
 
-def bench(name, folder, size, steps, rounds, sd15):
+def bench(name, folder, size, steps, rounds, sd15, fp32_rounds=None):
     from diffusers import StableDiffusionPipeline, DPMSolverMultistepScheduler
     from DeepCache import DeepCacheSDHelper
     ours = StableDiffusion.from_pretrained(folder); ours.progress = False
@@ -100,45 +103,55 @@ def bench(name, folder, size, steps, rounds, sd15):
 
     rows = {}
     with torch.inference_mode():
-        # fp32: the defaults
-        a, b = run_ours(), run_ref()
-        fp32_delta = float(np.abs(a - b).max())
-        t = {"ours fp32": [], "diffusers fp32": []}
-        for _ in range(rounds):
-            t["ours fp32"].append(timed(run_ours)[0]); t["diffusers fp32"].append(timed(run_ref)[0])
+        # fp32: the defaults (the timed runs' images give the parity numbers: no separate warm-up run)
+        t, out = {"ours fp32": [], "diffusers fp32": []}, {}
+        for _ in range(0 if args.skip_fp32 else (fp32_rounds or rounds)):
+            for k, fn in (("ours fp32", run_ours), ("diffusers fp32", run_ref)):
+                dt, out[k] = timed(fn); t[k].append(dt)
+        fp32_delta = float(np.abs(out["ours fp32"] - out["diffusers fp32"]).max()) if out else float("nan")
         rows.update(t)
-        # bf16: ours keeps its VAE in fp32 (lesson 10's rule), diffusers casts everything
+        # bf16: ours keeps its VAE in fp32 unless fast sampling decodes in bf16; diffusers casts everything
         ours.to(dtype=torch.bfloat16); ref.to(torch.bfloat16)
         for c in ("unet", "text_encoder"): share(getattr(ref, c), getattr(ours, c))
-        a, b, f = run_ours_dc(), run_ref_dc(), run_ours_fast()
-        dc_delta, fast_delta = float(np.abs(a - b).max()), float(np.abs(f - b).max())
-        t = {"diffusers bf16 + DeepCache": [], "ours bf16 + DeepCache": [], "ours bf16 + fast sampling": [], "diffusers bf16": []}
-        for _ in range(rounds):
-            t["diffusers bf16 + DeepCache"].append(timed(run_ref_dc)[0])
-            t["ours bf16 + DeepCache"].append(timed(run_ours_dc)[0])
-            t["ours bf16 + fast sampling"].append(timed(run_ours_fast)[0])
-            if sd15 is False or _ == 0: t["diffusers bf16"].append(timed(run_ref)[0])
-        rows.update(t)
+        lat = torch.randn(2, 4, size // 8, size // 8, dtype=torch.bfloat16)       # warm-up: bf16 kernels primed for both
+        ctx = torch.randn(2, 77, ref.text_encoder.config.hidden_size, dtype=torch.bfloat16)
+        ours.unet(lat, 500, ctx); ref.unet(lat, 500, encoder_hidden_states=ctx)
+        ref.vae.decode(lat[:1]); ours.enable_fast_sampling(); ours.decode_latents(lat[:1].float()); ours.disable_fast_sampling()
+        cfgs = (("diffusers bf16 + DeepCache", run_ref_dc), ("ours bf16 + DeepCache", run_ours_dc),
+                ("ours bf16 + fast sampling", run_ours_fast), ("diffusers bf16", run_ref), ("ours bf16", run_ours))
+        t = {k: [] for k, _ in cfgs}
+        for r in range(rounds):
+            for k, fn in cfgs:
+                if k in ("diffusers bf16", "ours bf16") and (args.no_context or sd15 and r > 0): continue   # context: one run
+                dt, out[k] = timed(fn); t[k].append(dt)
+                print(f"  {k}: {dt:.2f} s", flush=True)
+                if args.json: Path(args.json + ".partial").write_text(json.dumps({k: v for k, v in t.items()}))
+        dc_delta = float(np.abs(out["ours bf16 + DeepCache"] - out["diffusers bf16 + DeepCache"]).max())
+        bf16_delta = float(np.abs(out["ours bf16"] - out["diffusers bf16"]).max()) if "ours bf16" in out else float("nan")
+        fast_delta = float(np.abs(out["ours bf16 + fast sampling"] - out["diffusers bf16 + DeepCache"]).max())
+        rows.update({k: v for k, v in t.items() if v})
+    rows = {k: v for k, v in rows.items() if v}
     med = {k: float(np.median(v)) for k, v in rows.items()}
     best = {k: float(np.min(v)) for k, v in rows.items()}
-    base, dcb = med["diffusers fp32"], med["diffusers bf16 + DeepCache"]
+    dcb = med["diffusers bf16 + DeepCache"]
+    base = med.get("diffusers fp32", float("nan"))
     print(f"\n{name}: UNet {sum(p.numel() for p in ours.unet.parameters()):,} params, {size}×{size}, {steps} DPM++ 2M steps, "
           f"CFG 7.5, {torch.get_num_threads()} threads; median of {rounds} interleaved rounds")
-    print(f"max |Δ| on [0,1] images: ours vs diffusers fp32 {fp32_delta:.1e}; ours vs diffusers, both bf16 + DeepCache(3, 0) "
-          f"{dc_delta:.1e}; ours fast vs diffusers bf16 + DeepCache {fast_delta:.1e}")
+    print(f"max |Δ| on [0,1] images, ours vs diffusers: fp32 {fp32_delta:.1e}; both bf16 {bf16_delta:.1e} (ours decodes in "
+          f"fp32); both bf16 + DeepCache(3, 0) {dc_delta:.1e}; ours fast vs diffusers bf16 + DeepCache {fast_delta:.1e}")
     print(f"{'configuration':30s} {'median s':>8s} {'/ diffusers fp32':>17s} {'/ diffusers bf16+DC':>20s} "
           f"{'best-of ratio':>14s}   runs (s)")
     for k, v in med.items():
         print(f"{k:30s} {v:8.2f} {v / base:17.2f} {v / dcb:20.2f} {best[k] / best['diffusers bf16 + DeepCache']:14.2f}   "
               f"{' '.join(f'{x:.2f}' for x in rows[k])}")
     results[name] = {"median_s": med, "best_s": best, "runs": rows, "fp32_max_delta": fp32_delta, "dc_bf16_max_delta": dc_delta,
-                     "fast_vs_dc_max_delta": fast_delta, "size": size, "steps": steps, "threads": torch.get_num_threads()}
+                     "fast_vs_dc_max_delta": fast_delta, "bf16_max_delta": bf16_delta, "size": size, "steps": steps, "threads": torch.get_num_threads()}
     del ours, ref
 
 
 if not args.skip_sd15:
     folder = build_sd15(Path(args.folder))
-    bench("SD v1.5-sized (random weights)", folder, args.size, args.steps, args.rounds, True)
+    bench("SD v1.5-sized (random weights)", folder, args.size, args.steps, args.rounds, True, args.fp32_rounds)
 if not args.skip_toy:
     from sd_from_scratch.toy import default_model_path
     torch.set_num_threads(1)                 # a 1.4 M-parameter UNet gains nothing from a second (shared) thread
