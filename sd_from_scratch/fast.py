@@ -130,7 +130,7 @@ def _decode_autocast(self, z: torch.Tensor) -> torch.Tensor:
     return (x.sample if hasattr(x, "sample") else x).float()
 
 @patch
-def enable_fast_sampling(self: StableDiffusion, interval: int = 3, branch: int | None = None,
+def enable_fast_sampling(self: StableDiffusion, interval: int = 5, branch: int | None = None,
                          guidance_interval: tuple[float, float] | None = FAST_GUIDANCE_INTERVAL, vae_bf16: bool | None = None):
     """The recommended fast setting: DeepCache(`interval`, `branch` = `text_branch(unet)`), guidance only while
     σ ∈ `guidance_interval`, and (`vae_bf16` None: when the pipeline is bf16) the VAE decode in bf16."""
