@@ -116,7 +116,7 @@ def test_toy_bf16_and_fast_sampling(one_thread):
     p16.enable_fast_sampling()
     assert p16.deepcache.branch == 2 and "decode_latents" in vars(p16)     # the toy UNet's text branch; bf16 decode
     fast_imgs = p16(prompts, **kw)
-    p16.disable_fast_sampling()
-    assert "decode_latents" not in vars(p16) and torch.equal(p16(prompts[:2], **kw), bf[:2])
     r = read_images(fast_imgs, clf)
     assert (r["digit"] == digit).float().mean() >= 0.9 and (r["fg"] == ink).float().mean() >= 0.9
+    p16.disable_fast_sampling()
+    assert "decode_latents" not in vars(p16) and torch.equal(p16(prompts, **kw), bf)      # same batch: same images
