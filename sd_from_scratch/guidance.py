@@ -9,7 +9,7 @@ import torch
 from .samplers import SD_V1_SCHEDULER_CONFIG, sampling_plan, dynamic_threshold, GaussianMixture
 
 # %% auto #0
-__all__ = ['cfg_combine', 'rescale_noise_cfg', 'mimic_threshold', 'abar_at', 'cfg_model']
+__all__ = ['cfg_combine', 'rescale_noise_cfg', 'mimic_threshold', 'abar_at', 'sigma_at', 'in_guidance_interval', 'cfg_model']
 
 # %% ../nbs/08_guidance.ipynb #a3b5af2e
 def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -44,6 +44,17 @@ def abar_at(t, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     s = (1 - w) * sig[lo] + w * sig[lo + 1]
     return (1 / (1 + s ** 2)).float()
 
+def sigma_at(t, alphas_cumprod: torch.Tensor) -> float:
+    "The noise level σ = √((1 − ᾱ)/ᾱ) of a (possibly fractional) timestep."
+    a = abar_at(t, alphas_cumprod)
+    return float(((1 - a) / a).sqrt())
+
+def in_guidance_interval(t, interval: tuple[float, float] | None, alphas_cumprod: torch.Tensor) -> bool:
+    "Guidance interval (Kynkäänniemi et al. 2024): guide only while σ_lo < σ(t) ≤ σ_hi; None = guide everywhere."
+    if interval is None: return True
+    lo, hi = interval
+    return lo < sigma_at(t, alphas_cumprod) <= hi
+
 # %% ../nbs/08_guidance.ipynb #2b2911d0
 def _unwrap(out):
     "A UNet's output as a tensor (diffusers returns an object with `.sample`)."
@@ -58,8 +69,10 @@ def _takes_context(fn) -> bool:
 
 def cfg_model(unet, cond: torch.Tensor | None = None, uncond: torch.Tensor | None = None, guidance_scale: float = 7.5,
               guidance_rescale: float = 0.0, mimic_scale: float | None = None, mimic_percentile: float = 1.0,
-              alphas_cumprod: torch.Tensor | None = None, prediction_type: str = "epsilon"):
-    "Wrap `unet(x, t, context)` into the `model(x, t)` samplers call: classifier-free guidance in one batch [uncond, cond]."
+              alphas_cumprod: torch.Tensor | None = None, prediction_type: str = "epsilon",
+              guidance_interval: tuple[float, float] | None = None):
+    """Wrap `unet(x, t, context)` into the `model(x, t)` samplers call: classifier-free guidance in one batch [uncond, cond].
+    `guidance_interval` (σ_lo, σ_hi): guide only there; elsewhere the conditional pass alone runs (half the batch)."""
     if guidance_scale > 1:
         if cond is None or uncond is None:
             raise ValueError(f"guidance_scale={guidance_scale} > 1 needs both `cond` and `uncond` context embeddings "
@@ -69,11 +82,13 @@ def cfg_model(unet, cond: torch.Tensor | None = None, uncond: torch.Tensor | Non
                              "cannot be applied: use guidance_scale=1 and call the sampler with the model directly")
         if cond.shape != uncond.shape:
             raise ValueError(f"cond {tuple(cond.shape)} and uncond {tuple(uncond.shape)} embeddings must have the same shape")
-    if mimic_scale is not None and alphas_cumprod is None:
+    if guidance_interval is not None and not 0 <= guidance_interval[0] < guidance_interval[1]:
+        raise ValueError(f"guidance_interval must be (σ_lo, σ_hi) with 0 ≤ σ_lo < σ_hi, got {guidance_interval}")
+    if (mimic_scale is not None or guidance_interval is not None) and alphas_cumprod is None:
         alphas_cumprod = sampling_plan("ddim", 1, SD_V1_SCHEDULER_CONFIG).alphas_cumprod
 
     def guided(x, t):
-        if guidance_scale <= 1:
+        if guidance_scale <= 1 or not in_guidance_interval(t, guidance_interval, alphas_cumprod):
             return _unwrap(unet(x, t) if cond is None else unet(x, t, cond))
         out = _unwrap(unet(torch.cat([x, x]), t, torch.cat([uncond, cond])))
         e_u, e_c = out.chunk(2)

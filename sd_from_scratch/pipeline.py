@@ -357,10 +357,21 @@ StableDiffusion.embed = _embed
 StableDiffusion.encode_prompt = _encode_prompt
 
 # %% ../nbs/10_pipeline.ipynb #935a6d5f
+from .guidance import in_guidance_interval
+
 def _eps_model(self, context: torch.Tensor, guidance_scale: float, guidance_rescale: float = 0.0, extra=None):
-    "The ε-prediction closure handed to the sampler: CFG batch, optional extra input channels (inpainting)."
+    """The ε-prediction closure handed to the sampler: CFG batch, optional extra input channels (inpainting).
+    `self.guidance_interval` = (σ_lo, σ_hi) guides only there (lesson 08): elsewhere only the conditional half runs.
+    A per-image UNet cache (`self.deepcache`, lesson 10a) is emptied here, once per image."""
     guided = context.shape[0] != 0 and guidance_scale > 1.0
+    interval = getattr(self, "guidance_interval", None) if guided else None
+    ac = _samplers().sampling_plan("ddim", 1, self.scheduler_config).alphas_cumprod if interval is not None else None
+    if getattr(self, "deepcache", None) is not None: self.deepcache.reset()
     def model(x, t):
+        if interval is not None and not in_guidance_interval(t, interval, ac):   # conditional pass only
+            half = context.shape[0] // 2                                        # context = [uncond; cond]
+            xin = x if extra is None else torch.cat([x, extra[extra.shape[0] // 2:].to(x.dtype)], dim=1)
+            return _first_tensor(self.unet(xin.to(self.dtype), t, context[half:])).to(x.dtype)
         xin = torch.cat([x, x]) if guided else x
         if extra is not None: xin = torch.cat([xin, extra.to(xin.dtype)], dim=1)
         eps = _first_tensor(self.unet(xin.to(self.dtype), t, context)).to(x.dtype)

@@ -133,3 +133,38 @@ def test_errors():
         cfg_model(unet, COND, UNCOND[:1], 7.5)
     # w <= 1 with no context: the model is used as it is
     torch.testing.assert_close(cfg_model(lambda x, t: 2 * x, guidance_scale=1.0)(LAT, 3), 2 * LAT)
+
+
+def test_guidance_interval_rule():
+    from sd_from_scratch.guidance import in_guidance_interval, sigma_at
+    ac = sampling_plan("ddim", 1, SD).alphas_cumprod
+    assert abs(sigma_at(999, ac) - 14.61) < 0.01 and sigma_at(0, ac) < 0.05          # SD v1's σ range
+    assert in_guidance_interval(500, None, ac)
+    assert [in_guidance_interval(t, (1.0, 6.0), ac) for t in (999, 500, 50)] == [False, True, False]
+
+
+def test_cfg_model_guidance_interval():
+    ac = sampling_plan("ddim", 1, SD).alphas_cumprod
+    seen = []
+    def counting(x, t, ctx): seen.append(x.shape[0]); return unet(x, t, ctx)
+    m = cfg_model(counting, COND, UNCOND, 7.5, guidance_interval=(1.0, 6.0), alphas_cumprod=ac)
+    full, cond_only = cfg_model(unet, COND, UNCOND, 7.5), cfg_model(unet, COND, UNCOND, 1.0)
+    assert torch.equal(m(LAT, 500), full(LAT, 500)) and seen == [4]                # σ(500) ≈ 1.6: guided, CFG batch
+    assert torch.equal(m(LAT, 999), cond_only(LAT, 999)) and seen[-1] == 2         # σ(999) ≈ 14.6: the cond pass alone
+    with pytest.raises(ValueError, match="guidance_interval must be"):
+        cfg_model(unet, COND, UNCOND, 7.5, guidance_interval=(6.0, 1.0))
+
+
+def test_static_vs_dynamic_thresholding():
+    "threshold_max = 1 is static clipping; s > 1 divides instead (fewer values stuck at the limit)."
+    big = lambda x, t: 3 * torch.tanh(x + float(t) / 500)
+    px = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    static = sample(big, px, "ddim", 10, dynamic_threshold=0.995, threshold_max=1.0)
+    dynamic = sample(big, px, "ddim", 10, dynamic_threshold=0.995, threshold_max=3.0)
+    sch = DDIMScheduler.from_config(SD, thresholding=True, dynamic_thresholding_ratio=0.995, sample_max_value=3.0)
+    sch.set_timesteps(10); x = px.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in sch.timesteps: x = sch.step(big(x, t), t, x).prev_sample
+    assert (dynamic - x).abs().max() < 1e-4
+    assert not torch.allclose(static, dynamic)
