@@ -413,13 +413,9 @@ def autocast_dtype(mixed_precision: str, device) -> torch.dtype | None:
 
 # %% ../nbs/11_training.ipynb #9ae4ae3f
 def default_base() -> Path:
-    "The shipped tiny model (data/tiny-sd) — or the folder named by $SDFS_TINY_SD."
-    if os.environ.get("SDFS_TINY_SD"): return Path(os.environ["SDFS_TINY_SD"])
-    import sd_from_scratch
-    here = Path(sd_from_scratch.__file__).resolve().parent
-    for p in (here / "tiny-sd", here.parent / "data" / "tiny-sd"):
-        if (p / "model_index.json").exists(): return p
-    raise FileNotFoundError("the shipped tiny model (data/tiny-sd) was not found; pass base=<pipeline folder>")
+    "The shipped tiny model (data/tiny-sd, or the wheel's copy; lesson 00's `shipped`) — or the folder named by $SDFS_TINY_SD."
+    from .images import shipped
+    return shipped("tiny-sd")
 
 def load_frozen(base, device="cpu"):
     "VAE, text encoder, tokenizer (frozen, eval mode) and the scheduler config of a pipeline folder."

@@ -10,7 +10,7 @@ import torch
 import sd_from_scratch
 from .grading import ExerciseError, compare, run_check, passed, try_check
 from ..vae import AutoencoderKL
-from ..images import sample_image, pil_to_tensor
+from ..images import sample_image, pil_to_tensor, shipped
 
 # %% auto #0
 __all__ = ['SD_V1_SCALING_FACTOR', 'tiny_vae', 'check_encode_latents', 'check_decode_latents', 'latent_photos',
@@ -22,7 +22,7 @@ SD_V1_SCALING_FACTOR = 0.18215
 @lru_cache(maxsize=None)
 def tiny_vae() -> AutoencoderKL:
     "The small trained VAE shipped in data/tiny_photo_vae (f = 8, 4 latent channels), in eval mode (loaded once)."
-    return AutoencoderKL.from_pretrained(Path(sd_from_scratch.__file__).resolve().parents[1] / "data" / "tiny_photo_vae").eval()
+    return AutoencoderKL.from_pretrained(shipped("tiny_photo_vae")).eval()
 
 def _images(size: int = 64) -> torch.Tensor:
     return pil_to_tensor([sample_image("astronaut", size), sample_image("chelsea", size)])     # 2×3×size×size in [-1, 1]
