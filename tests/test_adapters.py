@@ -317,3 +317,60 @@ def test_weight_of_red_changes_how_red_the_ink_is(pipe):
         ink = torch.stack([x[i].permute(1, 2, 0)[m[i]].mean(0) for i in range(len(x))])       # 10×3
         redness[w] = (ink[:, 0] - ink[:, 1]).mean().item()
     assert redness[1.0] - redness[2.0] > 0.05, redness
+
+
+# ---------------------------------------------------------------- training, saving, the command-line helpers
+def _orange(n=32):
+    masks, labels = toy.load_digits()["train"]
+    imgs = toy.render(masks[:n], torch.tensor([1.0, 0.55, 0.0]).expand(n, 3), torch.ones(n, 3)) * 2 - 1
+    return imgs, [f"a orange {int(d)} on a white background" for d in labels[:n]]
+
+
+def test_trained_lora_is_what_loading_merges(fresh, tmp_path):
+    "The parametrized model during training = the merged model after saving and loading (both layouts)."
+    imgs, caps = _orange()
+    w0 = {k: v.clone() for k, v in fresh.unet.state_dict().items()}
+    loras, losses = A.train_lora(fresh, imgs, caps, rank=2, alpha=1.0, steps=3, batch_size=4, lr=5e-2, progress=False)
+    assert len(losses) == 3 and set(loras) == {"unet", "text_encoder"}
+    training = fresh("a orange 3 on a white background", **KW)
+    for layout in ("diffusers", "kohya"): A.save_lora(loras, tmp_path / f"o_{layout}.safetensors", layout)
+    A.remove_lora(fresh.unet); A.remove_lora(fresh.text_encoder)
+    assert all(torch.equal(w0[k], v) for k, v in fresh.unet.state_dict().items())       # LoRA off: untouched
+    plain = fresh("a orange 3 on a white background", **KW)
+    assert np.abs(training - plain).max() > 1e-3
+    for layout in ("diffusers", "kohya"):
+        fresh.load_lora_weights(tmp_path / f"o_{layout}.safetensors")
+        assert np.abs(fresh("a orange 3 on a white background", **KW) - training).max() <= 1e-4
+        fresh.unload_lora_weights()
+
+
+def test_trained_embedding_saves_in_every_format(fresh, tmp_path):
+    imgs, caps = _orange()
+    before = fresh.text_encoder.text_model.embeddings.token_embedding.weight.clone()
+    vec, losses = A.train_textual_inversion(fresh, imgs, [c.replace("orange", "<o>") for c in caps], "<o>",
+                                            init_word="red", n_vectors=2, steps=3, batch_size=4, lr=5e-2, progress=False)
+    assert vec.shape == (2, 32)
+    table = fresh.text_encoder.text_model.embeddings.token_embedding.weight
+    assert torch.equal(table[:49408], before)                                   # no other word moved
+    assert not torch.equal(vec[0], before[fresh.tokenizer.encode("red")[1]])  # the new one did
+    ref = fresh("a <o> 3 on a white background", **KW)
+    for name, layout in (("o.pt", "a1111"), ("o.safetensors", "a1111"), ("o_d.safetensors", "diffusers"), ("o.bin", "diffusers")):
+        A.save_embedding(vec, "<o>", tmp_path / name, layout)
+        p = sd_from_scratch.load_default(); p.progress = False
+        assert p.load_textual_inversion(tmp_path / name, token="<o>") == ["<o>", "<o>_1"]
+        assert np.abs(p("a <o> 3 on a white background", **KW) - ref).max() == 0
+
+
+def test_lora_tags_and_hashes(tmp_path, pipe):
+    from safetensors.torch import save_file
+    assert A.extract_lora_tags("a 7 <lora:orange:0.8> on blue <lora:style> <lora:x:-0.5:te=1>") == \
+        ("a 7 on blue", [("orange", 0.8), ("style", 1.0), ("x", -0.5)])
+    (tmp_path / "sub").mkdir()
+    save_file(rand_lora(pipe), tmp_path / "sub" / "orange.safetensors")
+    save_file(rand_lora(pipe), tmp_path / "copy.safetensors", metadata={"ss_note": "other header, same tensors"})
+    assert A.find_lora("orange", tmp_path) == tmp_path / "sub" / "orange.safetensors"
+    with pytest.raises(FileNotFoundError, match="copy, orange"):
+        A.find_lora("missing", tmp_path)
+    h = A.lora_hash(tmp_path / "sub" / "orange.safetensors")
+    assert len(h) == 12 and h == A.lora_hash(tmp_path / "copy.safetensors")
+    assert A.embedding_hash(tmp_path / "copy.safetensors") != A.embedding_hash(tmp_path / "sub" / "orange.safetensors")
