@@ -331,27 +331,37 @@ def _prompts(prompt) -> list[str]:
     raise TypeError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
 
 @torch.no_grad()
-def _embed(self, texts: list[str], clip_skip: int | None = None) -> torch.Tensor:
-    "Strings → B×77×D text embeddings (tokenizer pads/truncates to 77)."
+def _embed(self, texts: list[str], clip_skip: int | None = None, prompt_weighting: bool = False,
+           n_chunks: int | None = None) -> torch.Tensor:
+    """Strings → B×77×D text embeddings (tokenizer pads/truncates to 77). `prompt_weighting`: A1111's `(word:1.3)`
+    syntax and prompts of any length in 75-token chunks → B×(77·k)×D (lesson 04's `encode_weighted`)."""
+    if prompt_weighting:
+        from sd_from_scratch.text_encoder import encode_weighted
+        return encode_weighted(self.text_encoder, self.tokenizer, texts, clip_skip, n_chunks).to(self.dtype)
+    expand = getattr(self.tokenizer, "expand_vectors", None)     # textual-inversion words with several vectors
+    if expand is not None: texts = [expand(t) for t in texts]
     ids = self.tokenizer(texts)["input_ids"]
     ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
     out = self.text_encoder(ids) if clip_skip is None else self.text_encoder(ids, clip_skip=clip_skip)
     return _first_tensor(out).to(self.dtype)
 
 def _encode_prompt(self, prompt, negative_prompt=None, num_images: int = 1, guidance: bool = True,
-                   clip_skip: int | None = None) -> torch.Tensor:
-    "Prompt(s) → context for the UNet: (2·B·n)×77×D [negative; positive] with guidance, else (B·n)×77×D."
+                   clip_skip: int | None = None, prompt_weighting: bool = False) -> torch.Tensor:
+    """Prompt(s) → context for the UNet: (2·B·n)×77×D [negative; positive] with guidance, else (B·n)×77×D.
+    With `prompt_weighting` the sequence is 77·k long (k chunks); the negative prompt gets as many chunks."""
     prompts = _prompts(prompt)
-    cond = _embed(self, prompts, clip_skip).repeat_interleave(num_images, dim=0)
-    if not guidance: return cond
+    cond = _embed(self, prompts, clip_skip, prompt_weighting)
+    if not guidance: return cond.repeat_interleave(num_images, dim=0)
     if negative_prompt is None: neg = [""] * len(prompts)
     elif isinstance(negative_prompt, str): neg = [negative_prompt] * len(prompts)
     else:
         neg = _prompts(negative_prompt)
         if len(neg) != len(prompts):
             raise ValueError(f"got {len(neg)} negative prompts for {len(prompts)} prompts: give one, or one per prompt")
-    uncond = _embed(self, neg).repeat_interleave(num_images, dim=0)
-    return torch.cat([uncond, cond])
+    uncond = _embed(self, neg, None, prompt_weighting, cond.shape[1] // 77)
+    if uncond.shape[1] > cond.shape[1]: cond = _embed(self, prompts, clip_skip, True, uncond.shape[1] // 77)
+    n = num_images
+    return torch.cat([uncond.repeat_interleave(n, dim=0), cond.repeat_interleave(n, dim=0)])
 
 StableDiffusion.embed = _embed
 StableDiffusion.encode_prompt = _encode_prompt

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_text_encoder.ipynb #3a8a6b52
 from __future__ import annotations
-import json, math
+import json, math, re
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import torch
@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from .vae import check_state_dict
 
 # %% auto #0
-__all__ = ['SD1_TEXT_CONFIG', 'ACTIVATIONS', 'CLIPTextConfig', 'quick_gelu', 'CLIPTextEmbeddings', 'causal_mask',
-           'naive_attention', 'CLIPAttention', 'text_attention_mask', 'CLIPMLP', 'CLIPEncoderLayer', 'CLIPEncoder',
-           'CLIPTextOutput', 'CLIPTextTransformer', 'CLIPTextModel']
+__all__ = ['SD1_TEXT_CONFIG', 'ACTIVATIONS', 'RE_ATTENTION', 'RE_BREAK', 'CHUNK', 'CLIPTextConfig', 'quick_gelu',
+           'CLIPTextEmbeddings', 'causal_mask', 'naive_attention', 'CLIPAttention', 'text_attention_mask', 'CLIPMLP',
+           'CLIPEncoderLayer', 'CLIPEncoder', 'CLIPTextOutput', 'CLIPTextTransformer', 'CLIPTextModel',
+           'parse_prompt_attention', 'prompt_chunks', 'chunk_count', 'encode_weighted']
 
 # %% ../nbs/04_text_encoder.ipynb #6c75d3b9
 @dataclass
@@ -293,3 +294,103 @@ def _save_pretrained(self, path) -> Path:
 
 CLIPTextModel.from_pretrained = _from_pretrained
 CLIPTextModel.save_pretrained = _save_pretrained
+
+# %% ../nbs/04_text_encoder.ipynb #03dbe0e1
+def _resize_token_embeddings(self, n: int) -> nn.Embedding:
+    "Grow or shrink the token table to `n` rows, keeping the first ones; new rows start at N(0, 0.02²)."
+    old = self.text_model.embeddings.token_embedding
+    if n == old.num_embeddings: return old
+    if n < 1: raise ValueError(f"the token table needs at least one row, got n={n}")
+    new = nn.Embedding(n, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        nn.init.normal_(new.weight, std=0.02 * self.config.initializer_factor)
+        k = min(n, old.num_embeddings)
+        new.weight[:k] = old.weight[:k]
+    new.weight.requires_grad_(old.weight.requires_grad)
+    self.text_model.embeddings.token_embedding = new
+    self.config.vocab_size = n                               # `_check_ids` accepts the new ids from now on
+    return new
+
+CLIPTextModel.resize_token_embeddings = _resize_token_embeddings
+
+# %% ../nbs/04_text_encoder.ipynb #8806a0b3
+RE_ATTENTION = re.compile(r"""\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:""", re.X)
+RE_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+
+def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
+    "A1111's emphasis syntax → [(fragment, weight)]: `(a)` ×1.1, `[a]` ÷1.1, `(a:1.3)` ×1.3, `\\(` literal, BREAK → weight −1."
+    res, round_open, square_open = [], [], []
+    def multiply(start, m):
+        for p in range(start, len(res)): res[p][1] *= m
+    for mt in RE_ATTENTION.finditer(text):
+        s, w = mt.group(0), mt.group(1)
+        if s.startswith("\\"): res.append([s[1:], 1.0])
+        elif s == "(": round_open.append(len(res))
+        elif s == "[": square_open.append(len(res))
+        elif w is not None and round_open: multiply(round_open.pop(), float(w))
+        elif s == ")" and round_open: multiply(round_open.pop(), 1.1)
+        elif s == "]" and square_open: multiply(square_open.pop(), 1 / 1.1)
+        else:
+            for i, part in enumerate(RE_BREAK.split(s)):
+                if i > 0: res.append(["BREAK", -1.0])
+                res.append([part, 1.0])
+    for p in round_open: multiply(p, 1.1)                     # unclosed brackets still count
+    for p in square_open: multiply(p, 1 / 1.1)
+    if not res: res = [["", 1.0]]
+    i = 0
+    while i + 1 < len(res):                                   # merge runs of the same weight
+        if res[i][1] == res[i + 1][1]: res[i][0] += res.pop(i + 1)[0]
+        else: i += 1
+    return [(t, w) for t, w in res]
+
+# %% ../nbs/04_text_encoder.ipynb #04323f82
+CHUNK = 75                                                   # prompt tokens per chunk (77 − start − end)
+
+def prompt_chunks(tokenizer, text: str, chunk_length: int = CHUNK, comma_backtrack: int = 20) -> list[tuple[list[int], list[float]]]:
+    """A1111's `tokenize_line`: a prompt → chunks of (ids, weights), each `chunk_length`+2 long (start, tokens,
+    end-token padding, end). A chunk that fills up is cut after a comma within its last `comma_backtrack` tokens."""
+    expand = getattr(tokenizer, "expand_vectors", None)        # textual-inversion words with several vectors
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    chunks, ids, ws, last_comma = [], [], [], -1
+    def close():
+        nonlocal ids, ws, last_comma
+        n = chunk_length - len(ids)
+        chunks.append(([bos] + ids + [pad] * n + [eos], [1.0] + ws + [1.0] * n + [1.0]))
+        ids, ws, last_comma = [], [], -1
+    for text_, w in parse_prompt_attention(text):
+        if text_ == "BREAK" and w == -1: close(); continue
+        for t in tokenizer.encode(expand(text_) if expand else text_, add_special_tokens=False):
+            if t == comma: last_comma = len(ids)
+            elif comma_backtrack and len(ids) == chunk_length and last_comma != -1 and len(ids) - last_comma <= comma_backtrack:
+                cut = last_comma + 1                            # move the words after the comma to the next chunk
+                rest_ids, rest_ws = ids[cut:], ws[cut:]
+                ids, ws = ids[:cut], ws[:cut]
+                close(); ids, ws = rest_ids, rest_ws
+            if len(ids) == chunk_length: close()
+            ids.append(t); ws.append(w)
+    if ids or not chunks: close()
+    return chunks
+
+# %% ../nbs/04_text_encoder.ipynb #9ab3a1de
+def chunk_count(tokenizer, text: str) -> int: return len(prompt_chunks(tokenizer, text))
+
+@torch.no_grad()
+def encode_weighted(text_encoder, tokenizer, prompts: list[str], clip_skip: int | None = None,
+                    n_chunks: int | None = None) -> torch.Tensor:
+    """Prompts in A1111 syntax → B×(77·k)×D: 75-token chunks encoded separately, weighted, mean-restored,
+    concatenated; k = the most chunks of any prompt (at least `n_chunks`), shorter ones padded with "" chunks."""
+    if isinstance(prompts, str): prompts = [prompts]
+    per = [prompt_chunks(tokenizer, p) for p in prompts]
+    k = max([len(c) for c in per] + [n_chunks or 0])
+    empty = prompt_chunks(tokenizer, "")[0]
+    per = [c + [empty] * (k - len(c)) for c in per]
+    ids = torch.tensor([i for c in per for i, _ in c])                      # (B·k)×77
+    ws = torch.tensor([w for c in per for _, w in c])                        # (B·k)×77
+    p = next(text_encoder.parameters())
+    out = text_encoder(ids.to(p.device)) if clip_skip is None else text_encoder(ids.to(p.device), clip_skip=clip_skip)
+    z = getattr(out, "last_hidden_state", out[0] if isinstance(out, (tuple, list)) else out).float()   # (B·k)×77×D
+    m0 = z.mean(dim=(1, 2), keepdim=True)
+    z = z * ws.to(z.device)[..., None]
+    z = z * (m0 / z.mean(dim=(1, 2), keepdim=True))                          # the chunk's mean as before weighting
+    return z.view(len(prompts), k * z.shape[1], z.shape[2]).to(p.dtype)       # B×(77·k)×D

@@ -88,12 +88,16 @@ def normalize(text: str) -> str:
 # %% ../nbs/03_tokenizer.ipynb #49575904
 SPECIAL_SPLIT = re.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")
 
-def pre_tokenize(text: str) -> list[str]:
-    "Clean `text` and cut it into the pieces BPE works on (special tokens stay whole)."
+def pre_tokenize(text: str, added: re.Pattern | None = None) -> list[str]:
+    """Clean `text` and cut it into the pieces BPE works on (special tokens stay whole). `added`: a pattern with one
+    group matching added tokens (textual inversion, below) in the cleaned text; those pieces stay whole too."""
     pieces = []
     for i, part in enumerate(SPECIAL_SPLIT.split(text)):
         if i % 2: pieces.append(part)                       # odd parts are the special tokens themselves
-        elif part: pieces += PAT.findall(normalize(part))
+        elif part:
+            for j, sub in enumerate(added.split(normalize(part)) if added else [normalize(part)]):
+                if j % 2: pieces.append(sub)                # an added token
+                elif sub: pieces += PAT.findall(sub)
     return pieces
 
 # %% ../nbs/03_tokenizer.ipynb #72a2d7b1
@@ -148,9 +152,10 @@ class CLIPTokenizer:
         self.bos_token_id, self.eos_token_id = self.encoder[SOT], self.encoder[EOT]
         self.pad_token_id = self.encoder[pad_token]
         self.all_special_ids = {self.bos_token_id, self.eos_token_id}
+        self.added_tokens, self._added_norm, self._added_re = {}, {}, None   # textual inversion's new words (below)
         self._bpe = lru_cache(maxsize=cache_size)(self._bpe_ids)     # word → ids, memoised
 
-    def __len__(self): return len(self.encoder)
+    def __len__(self): return len(self.encoder) + len(self.added_tokens)
     @property
     def vocab_size(self) -> int: return len(self.encoder)
     def __repr__(self): return (f"CLIPTokenizer(vocab_size={len(self)}, merges={len(self.bpe_ranks)}, "
@@ -158,6 +163,7 @@ class CLIPTokenizer:
 
     def _bpe_ids(self, piece: str) -> tuple[int, ...]:
         if piece in (SOT, EOT): return (self.encoder[piece],)
+        if piece in self._added_norm: return (self._added_norm[piece],)
         token = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
         unk = self.eos_token_id                                       # 🤗's unk_token (never needed with CLIP's vocab)
         return tuple(self.encoder.get(t, unk) for t in bpe(token, self.bpe_ranks))
@@ -171,7 +177,7 @@ class CLIPTokenizer:
         """Token ids of one text, with `<|startoftext|>`/`<|endoftext|>` unless `add_special_tokens=False`.
         No padding; truncated to `max_length` (default `model_max_length`) only if `truncation=True` — as 🤗 `encode`."""
         self._check_text(text)
-        ids = [i for piece in pre_tokenize(text) for i in self._bpe(piece)]
+        ids = [i for piece in pre_tokenize(text, self._added_re) for i in self._bpe(piece)]
         if truncation:
             n = (max_length or self.model_max_length) - (2 if add_special_tokens else 0)
             if n < 0: raise ValueError(f"max_length={max_length} leaves no room for the start and end tokens")
@@ -292,3 +298,41 @@ def _save_pretrained(self, path):
 
 CLIPTokenizer.from_pretrained = _from_pretrained
 CLIPTokenizer.save_pretrained = _save_pretrained
+
+# %% ../nbs/03_tokenizer.ipynb #f76c55d9
+def _add_tokens(self, tokens) -> int:
+    "Add new words (kept whole, ids from len(self) on); words already known are skipped. Returns how many were added."
+    if isinstance(tokens, str): tokens = [tokens]
+    n = 0
+    for t in tokens:
+        if not isinstance(t, str) or not t: raise TypeError(f"an added token must be a non-empty str, got {t!r}")
+        if t in self.encoder or t in self.added_tokens: continue
+        i = len(self)
+        self.added_tokens[t], self.decoder[i] = i, t
+        self._added_norm.setdefault(normalize(t), i); n += 1
+    alts = sorted(self._added_norm, key=len, reverse=True)                 # longest first: leftmost-longest match
+    self._added_re = re.compile("(" + "|".join(map(re.escape, alts)) + ")") if alts else None
+    self._bpe.cache_clear()
+    return n
+
+def _convert_tokens_to_ids(self, tokens):
+    "Token string(s) → id(s) (vocabulary or added tokens; unknown → the end token, 🤗's unk)."
+    one = isinstance(tokens, str)
+    ids = [self.added_tokens.get(t, self.encoder.get(t, self.eos_token_id)) for t in ([tokens] if one else tokens)]
+    return ids[0] if one else ids
+
+def _expand_vectors(self, text: str) -> str:
+    """A multi-vector added word `w` (added as `w`, `w_1`, `w_2`, …) written in a prompt becomes `w w_1 w_2 …`,
+    one token per vector — what diffusers' `maybe_convert_prompt` does before tokenizing."""
+    if not self.added_tokens: return text
+    for t in set(self.tokenize(text)):
+        if t in self.added_tokens and f"{t}_1" in self.added_tokens:
+            rep, i = t, 1
+            while f"{t}_{i}" in self.added_tokens: rep += f" {t}_{i}"; i += 1
+            text = text.replace(t, rep)
+    return text
+
+CLIPTokenizer.add_tokens = _add_tokens
+CLIPTokenizer.convert_tokens_to_ids = _convert_tokens_to_ids
+CLIPTokenizer.expand_vectors = _expand_vectors
+CLIPTokenizer.added_tokens_encoder = property(lambda self: dict(self.added_tokens))
