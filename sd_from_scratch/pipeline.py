@@ -18,9 +18,9 @@ from .loading import (resolve_pipeline_dir, read_model_index, read_config, load_
 from .tokenizer import write_vocab_merges
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'THRESHOLDING_SAMPLERS', 'OUTPUT_TYPES', 'LATENT_RGB_SD15', 'SEED_MAX', 'guide', 'latents_to_rgb',
-           'fit_latent_rgb', 'to_signed_range', 'prepare_image', 'prepare_mask', 'run_sampler', 'blend_known',
-           'StableDiffusion']
+__all__ = ['SAMPLERS', 'THRESHOLDING_SAMPLERS', 'OUTPUT_TYPES', 'LATENT_RGB_SD15', 'COMPONENTS', 'SEED_MAX', 'guide',
+           'latents_to_rgb', 'fit_latent_rgb', 'to_signed_range', 'prepare_image', 'prepare_mask', 'run_sampler',
+           'blend_known', 'StableDiffusion']
 
 # %% ../nbs/10_pipeline.ipynb #5cc54115
 SAMPLERS = ("ddpm", "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_karras")
@@ -247,13 +247,16 @@ class StableDiffusion:
                 f"scheduler config: {self.scheduler_config.get('beta_schedule')}, {self.scheduler_config.get('num_train_timesteps')} steps)")
 
 # %% ../nbs/10_pipeline.ipynb #a5e51b04
-def _require_components(folder: Path):
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+def _require_components(folder: Path, given=()):
+    "Every component folder a pipeline needs, except those passed in (`given`)."
     idx = read_model_index(folder)
-    need = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-    missing = [c for c in need if c not in idx or not (folder / c).is_dir()]
+    missing = [c for c in COMPONENTS if c not in given and (c not in idx or not (folder / c).is_dir())]
     if missing:
         raise FileNotFoundError(f"{folder} lacks the component folder(s) {', '.join(missing)} "
-                                f"(a SD pipeline folder needs {', '.join(need)} next to model_index.json)")
+                                f"(a SD pipeline folder needs {', '.join(COMPONENTS)} next to model_index.json, "
+                                f"or pass the missing ones in: from_pretrained(path, vae=...))")
 
 def _build(cls, config: dict, sd: dict, what: str):
     "Model from its config, then its weights strictly; `what` names the component and its file(s) in any error."
@@ -271,16 +274,21 @@ def _load_part(cls, folder: Path, what: str, variant=None):
     return _build(cls, read_config(folder), load_component_weights(folder, variant), f"{what} ({_files(folder, variant)})")
 
 @classmethod
-def _from_pretrained(cls, path_or_hub_id, device=None, dtype=None, variant: str | None = None, **hub_kw):
-    "Load a diffusers SD pipeline folder (or hub id) into our modules."
+def _from_pretrained(cls, path_or_hub_id, device=None, dtype=None, variant: str | None = None, unet=None, vae=None,
+                     text_encoder=None, tokenizer=None, scheduler_config: dict | None = None, **hub_kw):
+    """Load a diffusers SD pipeline folder (or hub id) into our modules. Any component may be passed in instead
+    (`vae=AutoencoderKL.from_pretrained(other)`, the seed's ft-MSE VAE swap); it is then not read from the folder."""
     folder = resolve_pipeline_dir(path_or_hub_id, variant, **hub_kw)
-    _require_components(folder)
+    given = {k for k, v in dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                scheduler=scheduler_config).items() if v is not None}
+    _require_components(folder, given)
     UNet, VAE, Text, Tok = _component_classes()
-    unet = _load_part(UNet, folder / "unet", "UNet", variant)
-    vae = _load_part(VAE, folder / "vae", "VAE", variant)
-    text = _load_part(Text, folder / "text_encoder", "text encoder", variant)
-    tok = Tok.from_pretrained(hub_tokenizer_dir(folder / "tokenizer"))
-    pipe = cls(unet, vae, text, tok, read_config(folder / "scheduler"), device=device, dtype=dtype)
+    unet = unet if unet is not None else _load_part(UNet, folder / "unet", "UNet", variant)
+    vae = vae if vae is not None else _load_part(VAE, folder / "vae", "VAE", variant)
+    text = text_encoder if text_encoder is not None else _load_part(Text, folder / "text_encoder", "text encoder", variant)
+    tok = tokenizer if tokenizer is not None else Tok.from_pretrained(hub_tokenizer_dir(folder / "tokenizer"))
+    sched = scheduler_config if scheduler_config is not None else read_config(folder / "scheduler")
+    pipe = cls(unet, vae, text, tok, sched, device=device, dtype=dtype)
     pipe.source = str(folder)
     return pipe
 
@@ -564,7 +572,8 @@ def _txt2img(self, prompt, negative_prompt=None, height: int | None = None, widt
              guidance_scale: float = 7.5, sampler: str | None = None, seed: int | None = None, generator=None,
              num_images: int = 1, eta: float = 0.0, latents: torch.Tensor | None = None, guidance_rescale: float = 0.0,
              dynamic_threshold: float | None = None, threshold_max: float = 1.0, output_type: str = "pil",
-             callback=None, callback_steps: int = 1, progress: bool | None = None, clip_skip: int | None = None):
+             callback=None, callback_steps: int = 1, progress: bool | None = None, clip_skip: int | None = None,
+             prompt_weighting: bool = False):
     """Text → image(s). Returns a list of PIL images ("pil"), a B×H×W×3 array ("np"), a B×3×H×W tensor in [0,1]
     ("pt") or the latents ("latent"). `callback(i, t, latents)` is called after every `callback_steps` steps.
     height/width None: the model's native size (`default_hw`); sampler None: the folder's scheduler."""
@@ -581,8 +590,9 @@ def _txt2img(self, prompt, negative_prompt=None, height: int | None = None, widt
     shape = (len(prompts) * num_images, self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
     latents = _check_latents(latents, shape)
     self._check_memory(shape[0], height, width)
-    with self._long_prompt(prompts + ([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt or []))):
-        context = self.encode_prompt(prompts, negative_prompt, num_images, guidance_scale > 1.0, clip_skip)
+    texts = prompts + ([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt or []))
+    with self._long_prompt([] if prompt_weighting else texts):          # weighted prompts are chunked, not truncated
+        context = self.encode_prompt(prompts, negative_prompt, num_images, guidance_scale > 1.0, clip_skip, prompt_weighting)
     if latents is None: noise = randn_tensor(shape, generator, self.device, self.dtype)
     else: noise = latents.to(self.device)
     model = self._eps_model(context, guidance_scale, guidance_rescale)
@@ -607,7 +617,8 @@ def _img2img(self, prompt, image, strength: float = 0.8, negative_prompt=None, s
              guidance_scale: float = 7.5, sampler: str | None = None, seed: int | None = None, generator=None,
              num_images: int = 1, eta: float = 0.0, guidance_rescale: float = 0.0, dynamic_threshold: float | None = None,
              threshold_max: float = 1.0, output_type: str = "pil", callback=None, callback_steps: int = 1,
-             progress: bool | None = None, height: int | None = None, width: int | None = None, clip_skip: int | None = None):
+             progress: bool | None = None, height: int | None = None, width: int | None = None, clip_skip: int | None = None,
+             prompt_weighting: bool = False):
     "Image + text → image: denoise the noised image from the step that `strength` selects."
     prompts = _prompts(prompt)
     sampler = self._sampler_or_default(sampler)
@@ -624,8 +635,9 @@ def _img2img(self, prompt, image, strength: float = 0.8, negative_prompt=None, s
     self._check_args(steps, sampler, output_type, num_images, guidance_scale, height=x.shape[-2], width=x.shape[-1])
     B = len(prompts) * num_images
     self._check_memory(max(B, x.shape[0]), x.shape[-2], x.shape[-1])
-    with self._long_prompt(prompts + ([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt or []))):
-        context = self.encode_prompt(prompts, negative_prompt, num_images, guidance_scale > 1.0, clip_skip)
+    texts = prompts + ([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt or []))
+    with self._long_prompt([] if prompt_weighting else texts):          # weighted prompts are chunked, not truncated
+        context = self.encode_prompt(prompts, negative_prompt, num_images, guidance_scale > 1.0, clip_skip, prompt_weighting)
     init = self.encode_images(x, generator)                                    # B_img×4×h×w
     if B % init.shape[0]: raise ValueError(f"cannot spread {init.shape[0]} images over {B} outputs")
     init = torch.cat([init] * (B // init.shape[0])) if B > init.shape[0] else init
@@ -645,7 +657,7 @@ def _inpaint(self, prompt, image, mask, negative_prompt=None, strength: float = 
              guidance_scale: float = 7.5, sampler: str | None = None, seed: int | None = None, generator=None,
              num_images: int = 1, eta: float = 0.0, guidance_rescale: float = 0.0, output_type: str = "pil",
              callback=None, callback_steps: int = 1, progress: bool | None = None, height: int | None = None,
-             width: int | None = None, paste_back: bool = False, clip_skip: int | None = None):
+             width: int | None = None, paste_back: bool = False, clip_skip: int | None = None, prompt_weighting: bool = False):
     "Repaint the white part of `mask` in `image` following the prompt; the black part is kept."
     prompts = _prompts(prompt)
     sampler = self._sampler_or_default(sampler)
@@ -666,8 +678,9 @@ def _inpaint(self, prompt, image, mask, negative_prompt=None, strength: float = 
     m = prepare_mask(mask, H, W).to(self.device)                               # B_m×1×H×W, 1 = repaint
     B, f = len(prompts) * num_images, self.vae_scale_factor
     self._check_memory(max(B, x.shape[0]), H, W)
-    with self._long_prompt(prompts + ([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt or []))):
-        context = self.encode_prompt(prompts, negative_prompt, num_images, guidance_scale > 1.0, clip_skip)
+    texts = prompts + ([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt or []))
+    with self._long_prompt([] if prompt_weighting else texts):          # weighted prompts are chunked, not truncated
+        context = self.encode_prompt(prompts, negative_prompt, num_images, guidance_scale > 1.0, clip_skip, prompt_weighting)
     guided = guidance_scale > 1.0
     shape = (B, self.latent_channels, H // f, W // f)
     cfg = self.scheduler_config

@@ -427,3 +427,54 @@ def test_long_prompt_warns_in_one_short_line(toy, caplog, one_thread):
         toy("a red 7 " * 2000, steps=1)
     msgs = [str(x.message) for x in w] + [r.getMessage() for r in caplog.records]
     assert len(msgs) == 1 and len(msgs[0]) < 300 and "77" in msgs[0], [m[:200] for m in msgs]
+
+
+def test_components_passed_in(tmp_path, one_thread):
+    "from_pretrained(path, vae=...): a passed component is used as is and need not exist in the folder (issue 19)."
+    import shutil
+    from sd_from_scratch.images import shipped
+    from sd_from_scratch.vae import AutoencoderKL
+    path = shipped("tiny-sd")
+    ref = StableDiffusion.from_pretrained(path); ref.progress = False
+    kw = dict(steps=4, seed=0, output_type="np")
+    vae = AutoencoderKL.from_pretrained(path / "vae")
+    with torch.no_grad():
+        for p in vae.decoder.parameters(): p.mul_(0.9)                    # "another" VAE
+    swapped = StableDiffusion.from_pretrained(path, vae=vae); swapped.progress = False
+    assert swapped.vae is vae
+    a, b = ref("a red 3 on a blue background", **kw), swapped("a red 3 on a blue background", **kw)
+    assert abs(a - b).max() > 1e-3
+    shutil.copytree(path, tmp_path / "novae"); shutil.rmtree(tmp_path / "novae" / "vae")
+    p2 = StableDiffusion.from_pretrained(tmp_path / "novae", vae=vae); p2.progress = False
+    assert abs(p2("a red 3 on a blue background", **kw) - b).max() == 0
+    with pytest.raises(FileNotFoundError, match="vae.*pass the missing"):
+        StableDiffusion.from_pretrained(tmp_path / "novae")
+    from diffusers import AutoencoderKL as DAE                         # diffusers' own VAE works too
+    p3 = StableDiffusion.from_pretrained(path, vae=DAE.from_pretrained(path / "vae")); p3.progress = False
+    assert abs(p3("a red 3 on a blue background", **kw) - a).max() <= 2e-3
+    p4 = StableDiffusion.from_pretrained(path, unet=ref.unet, text_encoder=ref.text_encoder, tokenizer=ref.tokenizer,
+                                         scheduler_config=ref.scheduler_config); p4.progress = False
+    assert abs(p4("a red 3 on a blue background", **kw) - a).max() == 0
+
+
+def test_prompt_weighting_reaches_the_unet(one_thread):
+    "pipe(..., prompt_weighting=True): a plain prompt is unchanged, a weighted or long one changes the context (issue 19)."
+    from sd_from_scratch.images import shipped
+    pipe = StableDiffusion.from_pretrained(shipped("tiny-sd")); pipe.progress = False
+    kw = dict(steps=4, seed=0, output_type="np")
+    plain = pipe("a red 3 on a blue background", **kw)
+    assert abs(pipe("a red 3 on a blue background", prompt_weighting=True, **kw) - plain).max() == 0
+    assert abs(pipe("a (red:1.8) 3 on a blue background", prompt_weighting=True, **kw) - plain).max() > 1e-3
+    long = ", ".join(["a red 3 on a blue background"] * 12)                # > 75 tokens: two chunks, no truncation
+    seen = []
+    unet = pipe.unet
+    class Spy(torch.nn.Module):
+        def __init__(s): super().__init__(); s.inner = unet; s.config = unet.config
+        def forward(s, x, t, ctx, *a, **k): seen.append(ctx.shape[1]); return s.inner(x, t, ctx, *a, **k)
+    pipe.unet = Spy()
+    for kind in ("__call__", "img2img", "inpaint"):
+        seen.clear()
+        if kind == "__call__": pipe(long, prompt_weighting=True, **kw)
+        elif kind == "img2img": pipe.img2img(long, plain[0], strength=0.5, prompt_weighting=True, **kw)
+        else: pipe.inpaint(long, plain[0], np.ones((32, 32), np.float32), prompt_weighting=True, **kw)
+        assert seen and set(seen) == {154}, (kind, seen)
