@@ -908,7 +908,8 @@ def evaluate_v2(v2, inpainting, square, clf, n: int = 100, seed: int = 0) -> lis
 ACCEPTANCE = [   # (row, model, what is measured, how it is judged, threshold)
     ("img2img recolour (strength 0.6)", "v2", "success", ">=", 0.90),
     ("inpaint a new background", "9-channel inpainting", "success", ">=", 0.90),
-    ("partial prompt", "v2", "named_all", ">=", 0.90),
+    ("partial prompt", "v2", "digit", ">=", 0.90), ("partial prompt", "v2", "ink", ">=", 0.90),
+    ("partial prompt", "v2", "background", ">=", 0.90),
     ("negative prompt", "v2", "named_present", "<=", 0.05),
     ("size 64×32", "v2", "one_digit", ">=", 0.90),
     ("size 32×64", "v2", "one_digit", ">=", 0.90),
@@ -925,7 +926,8 @@ def acceptance_table(rows: list[dict]) -> tuple[str, bool]:
         for r in rows:
             if r["row"] != row or r["model"] != model or key not in r: continue
             if row == "negative prompt" and "no negative" in r["prompt"]: continue
-            ok = r[key] >= thr if op == ">=" else r[key] <= thr
+            v = round(r[key], 4)                                   # 90 of 100 is 90 % (not 0.8999999 in float32)
+            ok = v >= thr if op == ">=" else v <= thr
             ok_all &= ok
             lines.append(f"| {row} | {r.get('prompt', '')} | {model} | {key} | {r[key]:.0%} | {op.replace('>=', '≥').replace('<=', '≤')} {thr:.0%} | {'✓' if ok else '✗'} |")
     return "\n".join(lines), ok_all
