@@ -1,9 +1,18 @@
-"""Stage 3 of the tiny model (lesson 12's `toy.stage_unet`), one copy per process under `accelerate launch`.
-usage: accelerate launch … scripts/train_tiny_unet.py RUN_DIR '{"batch_size": 32}'   (see scripts/train_tiny.sh)"""
+"""Stages 3-5 of the tiny model (lesson 12's `toy.stage_unet`, `toy.stage_v2`, `toy.stage_inpaint`), one copy per
+process under `accelerate launch`.
+usage: accelerate launch … scripts/train_tiny_unet.py RUN_DIR '{"batch_size": 32}' [unet|v2|inpainting] [BASE]
+(see scripts/train_tiny.sh). v2 fine-tunes BASE (default RUN_DIR/pipeline); inpainting fine-tunes RUN_DIR/pipeline-v2."""
 import json, sys
+from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from sd_from_scratch.toy import stage_unet
+from sd_from_scratch.toy import stage_unet, stage_v2, stage_inpaint
 
-info = stage_unet(sys.argv[1], unet_train=json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}, progress=False)
-print({k: v for k, v in info.items() if k != "losses"}, flush=True)
+run = sys.argv[1]
+train = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+stage = sys.argv[3] if len(sys.argv) > 3 else "unet"
+if stage == "unet": info = stage_unet(run, unet_train=train, progress=False)
+elif stage == "v2": info = stage_v2(run, base=sys.argv[4] if len(sys.argv) > 4 else Path(run) / "pipeline", train=train, progress=False)
+elif stage == "inpainting": info = stage_inpaint(run, base=sys.argv[4] if len(sys.argv) > 4 else None, train=train, progress=False)
+else: raise SystemExit(f"unknown stage {stage!r}: choose unet, v2 or inpainting")
+print(stage, {k: v for k, v in info.items() if k != "losses"}, flush=True)

@@ -740,3 +740,39 @@ def _disable_attention_slicing(self): return self.enable_attention_slicing(None)
 
 StableDiffusion.enable_attention_slicing = _enable_attention_slicing
 StableDiffusion.disable_attention_slicing = _disable_attention_slicing
+
+# %% ../nbs/10_pipeline.ipynb #b7a11002
+def _attention_maps(self, prompt, seed: int | None = None, steps: int = 20, **kw):
+    """Sample `prompt` (keywords as for `__call__`) and record the cross-attention probabilities → `(images, maps)`:
+    `maps[i]` is a list of (token_text, H×W float tensor in [0, 1]) for each token of prompt i (no start/end/padding),
+    the probability that token receives, averaged over heads, layers and steps, resized (bilinear) to the image size."""
+    import torch.nn.functional as F
+    from sd_from_scratch.attention import Attention
+    prompts = _prompts(prompt)
+    if kw.get("num_images", 1) != 1: raise ValueError("attention_maps makes one image per prompt: leave num_images at 1")
+    H, W = kw.get("height") or self.default_hw[0], kw.get("width") or self.default_hw[1]
+    mods = [m for m in self.unet.modules() if isinstance(m, Attention) and m.is_cross]
+    if not mods: raise ValueError("this UNet has no cross-attention layers (our `Attention` with a context), so no maps")
+    B = len(prompts)
+    total, calls = torch.zeros(B, 77, H, W), [0]
+    def record(mod, args, out):
+        w = mod.last_weights[-B:].float().mean(1)                   # the prompts' half of the CFG batch: B×N×M, heads averaged
+        n = w.shape[1]; h = round(math.sqrt(n * H / W))             # N latent pixels of this layer = h × (N / h)
+        m = w.transpose(1, 2).reshape(B, w.shape[2], h, n // h)     # B×M×h×w
+        total[:, :m.shape[1]] += F.interpolate(m.cpu(), size=(H, W), mode="bilinear", align_corners=False)
+        calls[0] += 1
+    keep = [m.keep_weights for m in mods]
+    hooks = [m.register_forward_hook(record) for m in mods]
+    for m in mods: m.keep_weights = True
+    try: images = self(prompts, seed=seed, steps=steps, **kw)
+    finally:
+        for h in hooks: h.remove()
+        for m, k in zip(mods, keep): m.keep_weights, m.last_weights = k, None
+    total = (total / max(calls[0], 1)).clamp(0, 1)
+    maps = []
+    for i, p in enumerate(prompts):
+        ids = self.tokenizer.encode(p)[1:-1][:75]                   # without <start> and <end>
+        maps.append([(self.tokenizer.decode([t]), total[i, 1 + j]) for j, t in enumerate(ids)])
+    return images, maps
+
+StableDiffusion.attention_maps = _attention_maps

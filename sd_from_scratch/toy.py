@@ -13,12 +13,17 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['PALETTE', 'COLOURS', 'TOY_VAE_CONFIG', 'TOY_TEXT_CONFIG', 'TOY_UNET_CONFIG', 'TOY_SCHEDULER_CONFIG', 'TOY_TRAIN',
+           'MODEL_KINDS', 'BUCKETS', 'BUCKET_WEIGHTS', 'P_DROP', 'TOY2_TRAIN', 'TOY_INPAINT_TRAIN', 'ACCEPTANCE',
            'caption', 'palette_tensor', 'load_digits', 'render', 'ToyDataset', 'toy_dataset', 'DigitClassifier',
            'train_digit_classifier', 'classifier_accuracy', 'repo_data_dir', 'load_digit_classifier', 'read_images',
            'train_vae', 'measure_scaling_factor', 'ToyImageEncoder', 'ToyCLIP', 'clip_loss', 'train_clip',
            'clip_retrieval_accuracy', 'save_toy_clip', 'load_toy_clip', 'generate', 'eval_prompts', 'evaluate',
            'format_table', 'stage_vae', 'stage_clip', 'stage_unet', 'build_tiny_sd', 'default_model_path',
-           'load_default', 'load_components']
+           'load_default', 'load_components', 'partial_caption', 'BucketToyDataset', 'seed_from_toy',
+           'bucket_toy_dataset', 'ToyTrainer', 'random_masks', 'inpainting_unet', 'ToyInpaintTrainer', 'stage_v2',
+           'stage_inpaint', 'pipeline_from_checkpoint', 'read_canvas', 'random_targets', 'eval_partial',
+           'eval_negative', 'eval_sizes', 'eval_img2img', 'background_masks', 'eval_inpaint', 'eval_attention',
+           'eval_full', 'evaluate_v2', 'acceptance_table', 'rows_table']
 
 # %% ../nbs/12_toy_world.ipynb #c6f8236f
 PALETTE = {"red": (0.90, 0.10, 0.10), "green": (0.10, 0.70, 0.10), "blue": (0.10, 0.20, 0.90),
@@ -126,10 +131,8 @@ def load_digit_classifier(path=None, train_if_missing: bool = True) -> DigitClas
     return train_digit_classifier(*load_digits()["train"])
 
 # %% ../nbs/12_toy_world.ipynb #c22440e7
-@torch.no_grad()
-def read_images(images: torch.Tensor, clf: DigitClassifier) -> dict:
-    """Read B×3×H×W images in [0, 1]: → dict of `digit`, `fg`, `bg` (palette indices) and `mask` (B×H×W)."""
-    x = images.float().clamp(0, 1)
+def _read_colours(x: torch.Tensor):
+    "B×3×H×W in [0, 1] → background and ink colours (B×3 each, from the border and the farthest pixels) and the ink mask (B×H×W)."
     B = x.shape[0]
     border = torch.cat([x[:, :, :2].flatten(2), x[:, :, -2:].flatten(2), x[:, :, :, :2].flatten(2), x[:, :, :, -2:].flatten(2)], 2)
     bg = border.median(2).values                                            # B×3
@@ -138,7 +141,12 @@ def read_images(images: torch.Tensor, clf: DigitClassifier) -> dict:
     fg = torch.stack([x[i][:, d[i] >= thr[i]].median(1).values for i in range(B)])   # B×3
     v = fg - bg
     mask = ((x - bg[:, :, None, None]) * v[:, :, None, None]).sum(1) / v.pow(2).sum(1).clamp_min(1e-4)[:, None, None]
-    mask = mask.clamp(0, 1)
+    return fg, bg, mask.clamp(0, 1)
+
+@torch.no_grad()
+def read_images(images: torch.Tensor, clf: DigitClassifier) -> dict:
+    """Read B×3×H×W images in [0, 1]: → dict of `digit`, `fg`, `bg` (palette indices) and `mask` (B×H×W)."""
+    fg, bg, mask = _read_colours(images.float().clamp(0, 1))
     pal = palette_tensor()
     return {"digit": clf(mask[:, None]).argmax(1), "fg": torch.cdist(fg, pal).argmin(1),
             "bg": torch.cdist(bg, pal).argmin(1), "mask": mask}
@@ -446,17 +454,24 @@ def build_tiny_sd(run_dir, seed: int = 0, threads: int | None = None, progress: 
     return report
 
 # %% ../nbs/12_toy_world.ipynb #321ab574
-def default_model_path() -> Path:
-    "The folder of the shipped tiny model: $SDFS_TINY_SD, else data/tiny-sd of the project."
-    if os.environ.get("SDFS_TINY_SD"): return Path(os.environ["SDFS_TINY_SD"])
-    for p in (repo_data_dir().parent / "sd_from_scratch" / "tiny-sd", repo_data_dir() / "tiny-sd"):
-        if (p / "model_index.json").exists(): return p
-    raise FileNotFoundError("the shipped tiny model was not found (expected data/tiny-sd/model_index.json); "
-                            "set $SDFS_TINY_SD to a pipeline folder, or train one with toy.build_tiny_sd")
+MODEL_KINDS = {"base": "tiny-sd", "inpainting": "tiny-sd-inpainting"}
 
-def load_default(device=None, dtype=None):
-    "The shipped tiny model as a `StableDiffusion` pipeline, ready to sample on CPU (its path if lesson 10's pipeline is missing)."
-    path = default_model_path()
+def default_model_path(kind: str = "base") -> Path:
+    """The folder of a shipped tiny model: `kind` "base" (data/tiny-sd, or $SDFS_TINY_SD) or "inpainting"
+    (data/tiny-sd-inpainting, the 9-channel UNet, or $SDFS_TINY_SD_INPAINTING)."""
+    if kind not in MODEL_KINDS: raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    env = "SDFS_TINY_SD" if kind == "base" else "SDFS_TINY_SD_INPAINTING"
+    if os.environ.get(env): return Path(os.environ[env])
+    name = MODEL_KINDS[kind]
+    for p in (repo_data_dir().parent / "sd_from_scratch" / name, repo_data_dir() / name):
+        if (p / "model_index.json").exists(): return p
+    raise FileNotFoundError(f"the shipped tiny model was not found (expected data/{name}/model_index.json); "
+                            f"set ${env} to a pipeline folder, or train one with scripts/train_tiny.sh")
+
+def load_default(kind: str = "base", device=None, dtype=None):
+    """A shipped tiny model as a `StableDiffusion` pipeline, ready to sample on CPU: `kind` "base" (text-to-image,
+    img2img, 4-channel inpainting) or "inpainting" (the 9-channel inpainting UNet). Its path if lesson 10's pipeline is missing."""
+    path = default_model_path(kind)
     try: from sd_from_scratch.pipeline import StableDiffusion
     except ImportError: return path
     return StableDiffusion.from_pretrained(path, device=device, dtype=dtype)
@@ -471,3 +486,457 @@ def load_components(path=None):
     return (UNet2DConditionModel.from_pretrained(path / "unet").eval(), AutoencoderKL.from_pretrained(path / "vae").eval(),
             CLIPTextModel.from_pretrained(path / "text_encoder").eval(), CLIPTokenizer.from_pretrained(path / "tokenizer"),
             json.loads((path / "scheduler" / "scheduler_config.json").read_text()))
+
+# %% ../nbs/12_toy_world.ipynb #a7d0b002
+BUCKETS = ((32, 32), (48, 32), (32, 48), (64, 32), (32, 64))      # (width, height) in pixels
+BUCKET_WEIGHTS = (0.4, 0.15, 0.15, 0.15, 0.15)                       # share of the training images per bucket
+P_DROP = 0.25                                                        # each attribute left out of the caption with this chance
+
+def partial_caption(digit: int, colour: str, background: str, keep=(True, True, True)) -> str:
+    """The caption with some attributes left out: keep = (digit, ink, background) →
+    'a red 7 on a blue background', 'a 7', 'a red digit', 'a digit on a blue background', … ('' when none is kept)."""
+    kd, ki, kb = (bool(k) for k in keep)
+    if not (kd or ki or kb): return ""
+    s = "a " + (f"{colour} " if ki else "") + (str(int(digit)) if kd else "digit")
+    return s + (f" on a {background} background" if kb else "")
+
+class BucketToyDataset:
+    """Toy digits (32×32) placed at a random spot of canvases of several shapes (`buckets`, (W, H)). `ds[i]` →
+    (3×H×W in [−1, 1], full caption); `.sizes` and `.bucket_ids` are what lesson 14's `BucketBatchSampler` needs."""
+    def __init__(self, masks, labels, buckets=BUCKETS, weights=BUCKET_WEIGHTS, repeats: int = 2, seed: int = 0):
+        g = torch.Generator().manual_seed(seed_from_toy(seed, "buckets"))
+        self.masks, self.buckets = masks, [tuple(b) for b in buckets]
+        self.src = torch.arange(len(masks)).repeat(repeats)
+        n, k = len(self.src), len(COLOURS)
+        self.bucket_ids = torch.multinomial(torch.tensor(weights, dtype=torch.float), n, True, generator=g).numpy()
+        self.sizes = [self.buckets[b] for b in self.bucket_ids]
+        self.fg = torch.randint(0, k, (n,), generator=g)
+        self.bg = (self.fg + torch.randint(1, k, (n,), generator=g)) % k
+        self.digits = labels[self.src]
+        u = torch.rand(n, 2, generator=g)
+        self.offsets = [(int(u[i, 0] * (W - 31)), int(u[i, 1] * (H - 31))) for i, (W, H) in enumerate(self.sizes)]  # (x, y)
+        self.captions = [caption(int(d), COLOURS[f], COLOURS[b]) for d, f, b in
+                         zip(self.digits.tolist(), self.fg.tolist(), self.bg.tolist())]
+    def __len__(self): return len(self.captions)
+    def canvas_mask(self, i: int) -> torch.Tensor:
+        "H×W: the digit's mask at its place on the canvas."
+        (W, H), (x, y) = self.sizes[i], self.offsets[i]
+        m = torch.zeros(H, W); m[y:y + 32, x:x + 32] = self.masks[self.src[i]]
+        return m
+    def __getitem__(self, i):
+        pal = palette_tensor()
+        img = render(self.canvas_mask(i)[None], pal[self.fg[i]][None], pal[self.bg[i]][None])[0] * 2 - 1
+        return img, self.captions[i]
+
+def seed_from_toy(*parts) -> int:
+    from sd_from_scratch.training import seed_from
+    return seed_from(*parts) % 2**63
+
+def bucket_toy_dataset(split: str = "train", repeats: int = 2, seed: int = 0, buckets=BUCKETS, weights=BUCKET_WEIGHTS):
+    "The bucketed toy world (`split`: 'train' or 'test')."
+    if split not in ("train", "test"): raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    masks, labels = load_digits(seed)[split]
+    return BucketToyDataset(masks, labels, buckets, weights, repeats, seed + (split == "test"))
+
+
+# %% ../nbs/12_toy_world.ipynb #a7d0b004
+from .training import Trainer as _Trainer
+
+class ToyTrainer(_Trainer):
+    """Lesson 11's `Trainer` on a `BucketToyDataset`: every micro-batch is one bucket of lesson 14's
+    `BucketBatchSampler` (one shape per batch), and its captions drop each attribute independently with
+    probability `p_drop` (then the Trainer's `cond_drop` share becomes ""). Everything else — loss, EMA,
+    checkpoints, resuming, data-parallel processes — is the Trainer's."""
+    def __init__(self, cfg, dataset, *args, p_drop: float = P_DROP, **kw):
+        self.p_drop = p_drop
+        super().__init__(cfg, dataset, *args, **kw)
+
+    def _encode(self):
+        "Latent mean/std per image (each bucket encoded as one shape), and the context of every caption variant."
+        from sd_from_scratch.data import BucketBatchSampler
+        from sd_from_scratch.training import encode_captions
+        t0, ds = time.time(), self.ds
+        self.lat_mean, self.lat_std = [None] * len(ds), [None] * len(ds)
+        for b in np.unique(ds.bucket_ids):
+            idx = np.flatnonzero(ds.bucket_ids == b)
+            for i in range(0, len(idx), 64):
+                j = idx[i:i + 64]
+                with torch.no_grad(): dist = _dist(self.vae.encode(torch.stack([ds[k][0] for k in j]).to(self.device)))
+                for r, k in enumerate(j): self.lat_mean[k], self.lat_std[k] = dist.mean[r].float().cpu(), dist.std[r].float().cpu()
+        keeps = [(kd, ki, kb) for kd in (0, 1) for ki in (0, 1) for kb in (0, 1)]              # variant v = 4·kd + 2·ki + kb
+        var = [[partial_caption(int(d), COLOURS[f], COLOURS[b], k) for k in keeps]
+               for d, f, b in zip(ds.digits.tolist(), ds.fg.tolist(), ds.bg.tolist())]
+        self.uniq = sorted({c for v in var for c in v} | {""})
+        self.cap_index = {c: i for i, c in enumerate(self.uniq)}
+        self.var_ids = torch.tensor([[self.cap_index[c] for c in v] for v in var])              # N×8
+        self.cap_ids = self.var_ids[:, 7]
+        self.contexts = encode_captions(self.te, self.tok, self.uniq, device=self.device)
+        self.sampler = BucketBatchSampler(ds.bucket_ids, self.cfg.batch_size, shuffle=True, drop_last=True, seed=self.cfg.seed)
+        self._epoch = (None, None)
+        self.encode_seconds = time.time() - t0
+
+    def batch_indices(self, k: int) -> list[int]:
+        "Dataset indices of the k-th batch of the endless stream of bucket batches (epoch after epoch)."
+        epoch, pos = divmod(k, len(self.sampler))
+        if self._epoch[0] != epoch:
+            self.sampler.set_epoch(epoch); self._epoch = (epoch, self.sampler.batches())
+        return self._epoch[1][pos]
+
+    def micro_batch(self, step: int, micro: int):
+        from sd_from_scratch.training import step_generator
+        cfg = self.cfg
+        idx = self.batch_indices((step * cfg.grad_accum + micro) * self.world + self.rank)    # one bucket
+        g = step_generator(cfg.seed, step, self.rank, micro)
+        mean, std = torch.stack([self.lat_mean[i] for i in idx]), torch.stack([self.lat_std[i] for i in idx])
+        z0 = (mean + std * torch.randn(mean.shape, generator=g)) * self.sf
+        keep = (torch.rand(len(idx), 3, generator=g) >= self.p_drop).long()
+        v = keep[:, 0] * 4 + keep[:, 1] * 2 + keep[:, 2]
+        empty = torch.rand(len(idx), generator=g) < cfg.cond_drop
+        ids = torch.where(empty, self.cap_index[""], self.var_ids[torch.tensor(idx), v])
+        return z0.to(self.device), self.contexts[ids].to(self.device), g, torch.tensor(idx)
+
+
+# %% ../nbs/12_toy_world.ipynb #a7d0b006
+def random_masks(digit_masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """B×H×W digit masks → B×1×H×W repaint masks in {0, 1} (1 = repaint), one random kind each: the background
+    (all but the dilated digit, 30 %), the dilated digit (20 %), a rectangle (25 %), all but a rectangle (10 %),
+    everything (15 %: plain text-to-image, as in SD's inpainting fine-tune)."""
+    B, H, W = digit_masks.shape
+    g = generator
+    near = F.max_pool2d((digit_masks > 0.2).float()[:, None], 5, 1, 2)       # the digit grown by 2 px
+    kind = torch.multinomial(torch.tensor([0.30, 0.20, 0.25, 0.10, 0.15]), B, True, generator=g)
+    u = torch.rand(B, 4, generator=g)
+    out = torch.empty(B, 1, H, W)
+    for i in range(B):
+        k = int(kind[i])
+        if k == 0: out[i] = 1 - near[i]
+        elif k == 1: out[i] = near[i]
+        elif k == 4: out[i] = 1
+        else:
+            h, w = int(H * (0.25 + 0.5 * u[i, 0])), int(W * (0.25 + 0.5 * u[i, 1]))
+            y, x = int((H - h) * u[i, 2]), int((W - w) * u[i, 3])
+            r = torch.zeros(H, W); r[y:y + h, x:x + w] = 1
+            out[i] = r if k == 2 else 1 - r
+    return out
+
+def inpainting_unet(unet):
+    """A 9-channel copy of a 4-channel UNet (sd-v1-5-inpainting's layout: noisy latents, mask, masked-image latents):
+    the same weights, and zeros for the 5 new input channels of conv_in, so that it starts as the base model."""
+    from sd_from_scratch.unet import UNet2DConditionModel
+    cfg = {**dict(unet.config), "in_channels": 9}
+    new = UNet2DConditionModel.from_config(cfg)
+    sd = {k: v.clone() for k, v in unet.state_dict().items()}
+    w = sd["conv_in.weight"]                                                   # C×4×3×3
+    sd["conv_in.weight"] = torch.cat([w, torch.zeros(w.shape[0], 5, *w.shape[2:], dtype=w.dtype)], 1)
+    new.load_state_dict(sd)
+    return new
+
+class _ExtraChannels:
+    "The UNet as the loss sees it: x → unet([x, mask, masked-image latents]) with the trainer's current extras."
+    def __init__(self, model, trainer): self.model, self.trainer = model, trainer
+    def __call__(self, x, t, context): return self.model(torch.cat([x, self.trainer.extra.to(x)], 1), t, context)
+    def __getattr__(self, name): return getattr(self.model, name)
+
+class ToyInpaintTrainer(ToyTrainer):
+    """`ToyTrainer` for a 9-channel UNet: each micro-batch also draws `random_masks`, encodes the masked images
+    (hole set to 0, as the pipelines do) and hands [mask, masked-image latents] to the UNet beside the noisy latents."""
+    def __init__(self, cfg, dataset, *args, **kw):
+        super().__init__(cfg, dataset, *args, **kw)
+        self.model = _ExtraChannels(self.model, self)
+
+    def micro_batch(self, step: int, micro: int):
+        z0, ctx, g, idx = super().micro_batch(step, micro)
+        x = torch.stack([self.ds[int(i)][0] for i in idx])                      # B×3×H×W in [−1, 1]
+        m = random_masks(torch.stack([self.ds.canvas_mask(int(i)) for i in idx]), g)
+        with torch.no_grad():
+            dist = _dist(self.vae.encode((x * (m < 0.5)).to(self.device)))
+            masked = (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g).to(self.device)) * self.sf
+        self.extra = torch.cat([F.interpolate(m, size=z0.shape[-2:]).to(self.device), masked], 1)   # nearest, like diffusers
+        return z0, ctx, g, idx
+
+
+# %% ../nbs/12_toy_world.ipynb #a7d0b008
+TOY2_TRAIN = dict(max_steps=700, batch_size=64, lr=5e-4, warmup_steps=50, lr_schedule="constant", ema_decay=0.999,
+                  cond_drop=0.1, noise_offset=0.1, save_every=100, max_grad_norm=1.0)
+TOY_INPAINT_TRAIN = {**TOY2_TRAIN, "max_steps": 300}
+# The shipped models: stage 4 stopped at step 700 and stage 5 at step 300, started from stage 4's EMA weights at step
+# 100 (it ran beside stage 4, on 2 cores shared with other jobs, to fit the session). `scripts/train_tiny.sh` repeats that.
+
+def _finetune(run_dir, name: str, base, trainer_cls, make_unet, train: dict, defaults: dict, seed: int, progress: bool,
+              accelerator, pipeline_class: str = "StableDiffusionPipeline") -> dict:
+    from sd_from_scratch.training import TrainConfig, make_accelerator, load_frozen
+    from sd_from_scratch.unet import UNet2DConditionModel
+    run_dir = Path(run_dir); base = Path(base)
+    if (info := _stage_done(run_dir, name)) is not None: return info
+    c0 = _clock()
+    vae, te, tok, sched = load_frozen(base)
+    unet = make_unet(UNet2DConditionModel.from_pretrained(base / "unet"))
+    tcfg = TrainConfig(out=str(run_dir / f"{name}_run"), data=f"toy-{name}", seed=seed, resume=True, progress=progress,
+                       init_unet=True, **{**defaults, **(train or {})})
+    ds = bucket_toy_dataset(seed=seed)
+    tr = trainer_cls(tcfg, ds, vae, te, tok, unet, sched, accelerator or make_accelerator(cpu=True)).fit()
+    out = run_dir / f"pipeline-{name}"
+    tr.save_pipeline(out)
+    info = {**_took(c0), "steps": tr.step, "processes": tr.world, "final_loss": float(np.mean(tr.losses[-100:])),
+            "losses": tr.losses, "base": str(base), "note": "seconds of the last session (a resumed run counts only the part after the resume)"}
+    if tr.acc.is_main_process:
+        if (base / "clip").exists():
+            import shutil; shutil.copytree(base / "clip", out / "clip", dirs_exist_ok=True)
+        if pipeline_class != "StableDiffusionPipeline":
+            idx = json.loads((out / "model_index.json").read_text()); idx["_class_name"] = pipeline_class
+            (out / "model_index.json").write_text(json.dumps(idx, indent=2))
+        _mark_done(run_dir, name, info)
+    return info
+
+def stage_v2(run_dir, base=None, train: dict | None = None, seed: int = 0, progress: bool = True, accelerator=None) -> dict:
+    """Stage 4: fine-tune the shipped UNet (VAE and text encoder frozen) on bucketed canvases with partial captions
+    → run_dir/pipeline-v2 (checkpoints in run_dir/v2_run: it resumes)."""
+    return _finetune(run_dir, "v2", base or default_model_path(), ToyTrainer, lambda u: u, train, TOY2_TRAIN, seed, progress, accelerator)
+
+def stage_inpaint(run_dir, base=None, train: dict | None = None, seed: int = 0, progress: bool = True, accelerator=None) -> dict:
+    """Stage 5: the 9-channel inpainting UNet, fine-tuned from stage 4's (default run_dir/pipeline-v2) with random
+    masks → run_dir/pipeline-inpainting (a StableDiffusionInpaintPipeline folder)."""
+    base = base or Path(run_dir) / "pipeline-v2"
+    return _finetune(run_dir, "inpainting", base, ToyInpaintTrainer, inpainting_unet, train, TOY_INPAINT_TRAIN, seed,
+                     progress, accelerator, "StableDiffusionInpaintPipeline")
+
+def pipeline_from_checkpoint(checkpoint, base, out, use_ema: bool = True) -> Path:
+    """A pipeline folder from one Trainer checkpoint (its EMA weights by default) and the frozen parts of `base`:
+    an intermediate model to look at while the run goes on."""
+    from safetensors.torch import load_file
+    from sd_from_scratch.unet import UNet2DConditionModel
+    from sd_from_scratch.training import load_frozen, save_pipeline
+    checkpoint, base = Path(checkpoint), Path(base)
+    cfg = json.loads((checkpoint / "state.json").read_text())["config"]
+    sd = load_file(checkpoint / ("ema.safetensors" if use_ema else "unet.safetensors"))
+    ucfg = json.loads((base / "unet" / "config.json").read_text())
+    ucfg["in_channels"] = sd["conv_in.weight"].shape[1]
+    unet = UNet2DConditionModel.from_config(ucfg); unet.load_state_dict(sd)
+    vae, te, tok, sched = load_frozen(base)
+    save_pipeline(out, unet.eval(), vae, te, tok, sched, cfg["prediction_type"])
+    if (base / "clip").exists():
+        import shutil; shutil.copytree(base / "clip", Path(out) / "clip", dirs_exist_ok=True)
+    if ucfg["in_channels"] == 9:                                  # what diffusers' sd-v1-5-inpainting folder names
+        idx = json.loads((Path(out) / "model_index.json").read_text()); idx["_class_name"] = "StableDiffusionInpaintPipeline"
+        (Path(out) / "model_index.json").write_text(json.dumps(idx, indent=2))
+    return Path(out)
+
+
+# %% ../nbs/12_toy_world.ipynb #a7d0b010
+@torch.no_grad()
+def read_canvas(images: torch.Tensor, clf: DigitClassifier, box: int = 28, min_blob: int = 10) -> dict:
+    """Read B×3×H×W images of any shape: colours and mask as `read_images`; then the ink (mask > 0.5, blobs of fewer
+    than `min_blob` pixels ignored) must fit one digit's box (`one`: at most `box`×`box` pixels — two digits side by
+    side do not), and `digit` is the classifier's reading of the 32×32 window centred on the ink (−1: no ink)."""
+    from scipy import ndimage
+    x = images.float().clamp(0, 1)
+    fg, bg, mask = _read_colours(x)
+    pal = palette_tensor()
+    one, crops = [], []
+    for m in mask:
+        lab, n = ndimage.label((m > 0.5).numpy())
+        sizes = ndimage.sum(np.ones_like(lab), lab, range(1, n + 1)) if n else []
+        keep = np.isin(lab, [i + 1 for i, s in enumerate(sizes) if s >= min_blob])
+        ys, xs = np.nonzero(keep)
+        if len(ys) == 0: one.append(False); crops.append(None); continue
+        one.append(bool(ys.max() - ys.min() < box and xs.max() - xs.min() < box))
+        cy, cx = (ys.max() + ys.min() + 1) // 2, (xs.max() + xs.min() + 1) // 2
+        p = F.pad(m, (16, 16, 16, 16))
+        crops.append(p[cy:cy + 32, cx:cx + 32])
+    digit = torch.full((len(mask),), -1, dtype=torch.long)
+    ok = [i for i, c in enumerate(crops) if c is not None]
+    if ok: digit[ok] = clf(torch.stack([crops[i] for i in ok])[:, None]).argmax(1)
+    return {"digit": digit, "one": torch.tensor(one), "fg": torch.cdist(fg, pal).argmin(1), "bg": torch.cdist(bg, pal).argmin(1), "mask": mask}
+
+def random_targets(n: int = 100, seed: int = 0):
+    "n (digit, ink, background) targets: digits cycling 0…9, random colours with ink ≠ background."
+    g = torch.Generator().manual_seed(seed_from_toy(seed, "targets"))
+    d = torch.arange(n) % 10
+    f = torch.randint(0, len(COLOURS), (n,), generator=g)
+    b = (f + torch.randint(1, len(COLOURS), (n,), generator=g)) % len(COLOURS)
+    return d, f, b
+
+def _other_colour(a: torch.Tensor, b: torch.Tensor, g) -> torch.Tensor:
+    "A random colour that is neither a[i] nor b[i] (a ≠ b)."
+    out = []
+    for x, y in zip(a.tolist(), b.tolist()):
+        choices = [c for c in range(len(COLOURS)) if c not in (x, y)]
+        out.append(choices[int(torch.randint(0, len(choices), (1,), generator=g))])
+    return torch.tensor(out)
+
+def _pt(pipe, prompts, **kw) -> torch.Tensor:
+    return pipe(prompts, output_type="pt", progress=False, **{"steps": 20, "guidance_scale": 7.5, "seed": 0, **kw})
+
+def _acc(x) -> float: return float(torch.as_tensor(x).float().mean())
+
+# %% ../nbs/12_toy_world.ipynb #a7d0b011
+@torch.no_grad()
+def eval_partial(pipe, clf, n: int = 100, seed: int = 0, cases: slice = slice(None)) -> list[dict]:
+    "Prompts that name only some attributes: how often is each named attribute right? (`cases`: a part of the 5 kinds)"
+    d, f, b = random_targets(n, seed)
+    C = COLOURS
+    kinds = [("a {digit}", (1, 0, 0)), ("a {ink} digit", (0, 1, 0)), ("a digit on a {bg} background", (0, 0, 1)),
+             ("a {ink} {digit}", (1, 1, 0)), ("a {digit} on a {bg} background", (1, 0, 1))]
+    rows = []
+    for name, keep in kinds[cases]:
+        ps = [partial_caption(int(x), C[i], C[j], keep) for x, i, j in zip(d, f, b)]
+        r = read_images(_pt(pipe, ps), clf)
+        named = [k for k, on in zip(("digit", "ink", "background"), keep) if on]
+        hit = {"digit": r["digit"] == d, "ink": r["fg"] == f, "background": r["bg"] == b}
+        rows.append({"row": "partial prompt", "prompt": name, "n": n, **{k: _acc(hit[k]) for k in named},
+                     "named_all": _acc(torch.stack([hit[k] for k in named]).all(0))})
+    return rows
+
+@torch.no_grad()
+def eval_negative(pipe, clf, n: int = 100, seed: int = 0) -> list[dict]:
+    """Prompt "a 7" with the negative prompt "a red digit" (or "a digit on a red background"): how often is the
+    named colour still there? Beside it, the same prompts without a negative prompt (chance ≈ 1/8)."""
+    d, f, b = random_targets(n, seed)
+    rows = []
+    for what, tmpl, key in (("ink", "a {} digit", "fg"), ("background", "a digit on a {} background", "bg")):
+        c = f if what == "ink" else b
+        ps = [f"a {int(x)}" for x in d]
+        for neg in (None, [tmpl.format(COLOURS[i]) for i in c]):
+            r = read_images(_pt(pipe, ps, negative_prompt=neg), clf)
+            rows.append({"row": "negative prompt", "prompt": f'"a {{digit}}", negative "{tmpl.format("{" + what + "}")}"' if neg else
+                         f'"a {{digit}}", no negative prompt', "n": n, "named_present": _acc(r[key] == c), "digit": _acc(r["digit"] == d)})
+    return rows
+
+@torch.no_grad()
+def eval_sizes(pipe, clf, sizes=((64, 32), (32, 64)), n: int = 100, seed: int = 0) -> list[dict]:
+    "Full captions at other (width, height): one digit, the right one, and the colours."
+    d, f, b = random_targets(n, seed)
+    ps = [caption(int(x), COLOURS[i], COLOURS[j]) for x, i, j in zip(d, f, b)]
+    rows = []
+    for W, H in sizes:
+        r = read_canvas(_pt(pipe, ps, height=H, width=W), clf)
+        rows.append({"row": f"size {W}×{H}", "n": n, "one_digit": _acc(r["one"]), "one_right_digit": _acc(r["one"] & (r["digit"] == d)),
+                     "ink": _acc(r["fg"] == f), "background": _acc(r["bg"] == b)})
+    return rows
+
+def _test_images(n: int, seed: int):
+    "n held-out toy images (3×32×32 in [0, 1]) with their digit, ink, background and digit mask."
+    ds = toy_dataset("test", repeats=1, seed=seed)
+    idx = torch.arange(n)
+    masks = load_digits(seed)["test"][0][idx]
+    return (ds.images[idx] + 1) / 2, ds.digits[idx], ds.fg[idx], ds.bg[idx], masks
+
+@torch.no_grad()
+def eval_img2img(pipe, clf, n: int = 100, seed: int = 0, strength: float = 0.6) -> dict:
+    "img2img recolour: a held-out image, the prompt with a new ink colour → same digit and background, new ink?"
+    x, d, f, b, _ = _test_images(n, seed)
+    f2 = _other_colour(f, b, torch.Generator().manual_seed(seed_from_toy(seed, "recolour")))
+    ps = [caption(int(a), COLOURS[i], COLOURS[j]) for a, i, j in zip(d, f2, b)]
+    out = pipe.img2img(ps, list(x[:, None]), strength=strength, steps=20, guidance_scale=7.5, seed=0, output_type="pt", progress=False)
+    r = read_images(out, clf)
+    ok = (r["digit"] == d) & (r["fg"] == f2) & (r["bg"] == b)
+    return {"row": f"img2img recolour (strength {strength})", "n": n, "success": _acc(ok), "digit": _acc(r["digit"] == d),
+            "ink": _acc(r["fg"] == f2), "background": _acc(r["bg"] == b)}
+
+def background_masks(masks: torch.Tensor, grow: int = 2) -> torch.Tensor:
+    "B×H×W digit masks → B×1×H×W inpainting masks of the background: everything but the digit grown by `grow` px."
+    return 1 - F.max_pool2d((masks > 0.2).float()[:, None], 2 * grow + 1, 1, grow)
+
+@torch.no_grad()
+def eval_inpaint(pipe, clf, n: int = 100, seed: int = 0, label: str = "") -> dict:
+    """Inpainting a new background: a held-out image, the mask of its background, the caption with a new background
+    colour → same digit and ink, new background? Also the mean |Δ| on the digit's strokes (what must be kept)."""
+    x, d, f, b, masks = _test_images(n, seed)
+    b2 = _other_colour(f, b, torch.Generator().manual_seed(seed_from_toy(seed, "new background")))
+    m = background_masks(masks)
+    ps = [caption(int(a), COLOURS[i], COLOURS[j]) for a, i, j in zip(d, f, b2)]
+    out = pipe.inpaint(ps, list(x[:, None]), m, steps=20, guidance_scale=7.5, seed=0, output_type="pt", progress=False)
+    r = read_images(out, clf)
+    ok = (r["digit"] == d) & (r["fg"] == f) & (r["bg"] == b2)
+    ink = (masks > 0.5).float()[:, None]                                     # the strokes, which must be kept
+    kept = ((out - x).abs().mean(1, keepdim=True) * ink).sum() / ink.sum()
+    return {"row": f"inpaint a new background{label}", "n": n, "success": _acc(ok), "digit": _acc(r["digit"] == d),
+            "ink": _acc(r["fg"] == f), "background": _acc(r["bg"] == b2), "strokes_abs_diff": float(kept)}
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    "Pearson correlation of two B×H×W stacks, per image."
+    a, b = a.flatten(1) - a.flatten(1).mean(1, keepdim=True), b.flatten(1) - b.flatten(1).mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-8)
+
+@torch.no_grad()
+def eval_attention(pipe, clf, n: int = 100, seed: int = 0) -> dict:
+    """For full captions: the correlation of the ink word's and the background word's attention maps with the ink
+    mask read from the image; how often the ink word's is the larger."""
+    d, f, b = random_targets(n, seed)
+    ps = [caption(int(x), COLOURS[i], COLOURS[j]) for x, i, j in zip(d, f, b)]
+    imgs, maps = pipe.attention_maps(ps, seed=0, steps=20, guidance_scale=7.5, output_type="pt", progress=False)
+    mask = read_images(imgs, clf)["mask"]
+    def word(m, lo, hi): return torch.stack([t[1] for t in m[lo:hi]]).mean(0)    # a word may be several tokens ("cy", "an")
+    ink, bgw, dig = [], [], []
+    for m, x in zip(maps, d.tolist()):
+        texts = [t for t, _ in m]
+        k, e = texts.index(str(x)), texts.index("background")                     # "a <ink> <digit> on a <bg> background"
+        ink.append(word(m, 1, k)); dig.append(m[k][1]); bgw.append(word(m, k + 3, e))
+    ink, bgw, dig = torch.stack(ink), torch.stack(bgw), torch.stack(dig)
+    ci, cb, cd = _corr(ink, mask), _corr(bgw, mask), _corr(dig, mask)
+    return {"row": "attention maps vs the ink mask", "n": n, "ink_word_wins": _acc(ci > cb), "corr_ink_word": float(ci.mean()),
+            "corr_background_word": float(cb.mean()), "corr_digit_word": float(cd.mean())}
+
+# %% ../nbs/12_toy_world.ipynb #a7d0b013
+@torch.no_grad()
+def eval_full(pipe, clf, n: int = 100, seed: int = 0, guidance_scale: float = 7.5) -> list[dict]:
+    "Full captions at `guidance_scale` and the empty prompt (graded against the same random targets: chance)."
+    prompts, d, f, b = eval_prompts(n, seed)
+    rows = []
+    for name, ps in (("full caption", prompts), ('"" (empty)', [""] * n)):
+        r = read_images(_pt(pipe, ps, guidance_scale=guidance_scale), clf)
+        rows.append({"row": name, "w": guidance_scale, "n": n, "digit": _acc(r["digit"] == d), "ink": _acc(r["fg"] == f),
+                     "background": _acc(r["bg"] == b)})
+    return rows
+
+def evaluate_v2(v2, inpainting, square, clf, n: int = 100, seed: int = 0) -> list[dict]:
+    """Every row of the v2 acceptance table (issue #18), `n` prompts or test images each: `v2` the fine-tuned model,
+    `inpainting` the 9-channel one, `square` the square-only model (stage 3) beside them where it is the baseline."""
+    out = []
+    def add(model, rows):
+        for r in (rows if isinstance(rows, list) else [rows]): out.append({"model": model, **r})
+    for name, p in (("square-only", square), ("v2", v2)): add(name, eval_full(p, clf, n, seed))
+    add("v2", eval_partial(v2, clf, n, seed))
+    add("v2", eval_negative(v2, clf, n, seed))
+    for name, p in (("square-only", square), ("v2", v2)): add(name, eval_sizes(p, clf, n=n, seed=seed))
+    add("v2", eval_img2img(v2, clf, n, seed))
+    add("9-channel inpainting", eval_inpaint(inpainting, clf, n, seed))
+    for name, p in (("square-only", square), ("v2", v2)): add(f"{name}, 4-channel blend", eval_inpaint(p, clf, n, seed))
+    add("v2", eval_attention(v2, clf, n, seed))
+    return out
+
+ACCEPTANCE = [   # (row, model, what is measured, how it is judged, threshold)
+    ("img2img recolour (strength 0.6)", "v2", "success", ">=", 0.90),
+    ("inpaint a new background", "9-channel inpainting", "success", ">=", 0.90),
+    ("partial prompt", "v2", "digit", ">=", 0.90), ("partial prompt", "v2", "ink", ">=", 0.90),
+    ("partial prompt", "v2", "background", ">=", 0.90),
+    ("negative prompt", "v2", "named_present", "<=", 0.05),
+    ("size 64×32", "v2", "one_digit", ">=", 0.90),
+    ("size 32×64", "v2", "one_digit", ">=", 0.90),
+    ("full caption", "v2", "digit", ">=", 0.95), ("full caption", "v2", "ink", ">=", 0.95),
+    ("full caption", "v2", "background", ">=", 0.95),
+    ('"" (empty)', "v2", "digit", "<=", 0.25),
+    ("attention maps vs the ink mask", "v2", "ink_word_wins", ">=", 0.80)]
+
+def acceptance_table(rows: list[dict]) -> tuple[str, bool]:
+    "The acceptance checks on `evaluate_v2`'s rows → (markdown table, all passed). Rows with a negative prompt count only with one."
+    lines = ["| row | prompt | model | measured | value | target | |", "|---|---|---|---|---|---|---|"]
+    ok_all = True
+    for row, model, key, op, thr in ACCEPTANCE:
+        for r in rows:
+            if r["row"] != row or r["model"] != model or key not in r: continue
+            if row == "negative prompt" and "no negative" in r["prompt"]: continue
+            v = round(r[key], 4)                                   # 90 of 100 is 90 % (not 0.8999999 in float32)
+            ok = v >= thr if op == ">=" else v <= thr
+            ok_all &= ok
+            lines.append(f"| {row} | {r.get('prompt', '')} | {model} | {key} | {r[key]:.0%} | {op.replace('>=', '≥').replace('<=', '≤')} {thr:.0%} | {'✓' if ok else '✗'} |")
+    return "\n".join(lines), ok_all
+
+def rows_table(rows: list[dict], keys=None) -> str:
+    "Any `evaluate_v2` rows as a markdown table of their numbers."
+    keys = keys or [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("row", "model", "prompt", "n")]
+    lines = ["| row | prompt | model | n | " + " | ".join(keys) + " |", "|---" * (4 + len(keys)) + "|"]
+    for r in rows:
+        cells = [(f"{r[k]:.0%}" if k != "strokes_abs_diff" and not k.startswith("corr") and k != "w" else f"{r[k]:.3g}") if k in r else "" for k in keys]
+        lines.append(f"| {r['row']} | {r.get('prompt', '')} | {r['model']} | {r['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
