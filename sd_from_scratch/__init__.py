@@ -18,3 +18,6 @@ def load_default(kind: str = "base", device=None, dtype=None):
     from .images import shipped
     from .pipeline import StableDiffusion
     return StableDiffusion.from_pretrained(shipped(SHIPPED_MODELS[kind]), device=device, dtype=dtype)
+
+# %% ../nbs/index.ipynb #a7bc58b4
+from . import fast, adapters   # noqa: F401  (they attach their methods to StableDiffusion)

@@ -117,9 +117,9 @@ def classifier_accuracy(clf, masks, labels) -> float:
 
 # %% ../nbs/12_toy_world.ipynb #600a2253
 def repo_data_dir() -> Path:
-    "The project's data/ folder (next to the package in a source checkout)."
-    import sd_from_scratch
-    return Path(sd_from_scratch.__file__).resolve().parent.parent / "data"
+    "The folder of shipped files: data/ in a source checkout, the wheel's copy when installed (lesson 00's `shipped`)."
+    from sd_from_scratch.images import shipped
+    return shipped()
 
 def load_digit_classifier(path=None, train_if_missing: bool = True) -> DigitClassifier:
     "The shipped digit classifier (data/digit_classifier.safetensors), or a freshly trained one if it is missing."
@@ -462,11 +462,8 @@ def default_model_path(kind: str = "base") -> Path:
     if kind not in MODEL_KINDS: raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
     env = "SDFS_TINY_SD" if kind == "base" else "SDFS_TINY_SD_INPAINTING"
     if os.environ.get(env): return Path(os.environ[env])
-    name = MODEL_KINDS[kind]
-    for p in (repo_data_dir().parent / "sd_from_scratch" / name, repo_data_dir() / name):
-        if (p / "model_index.json").exists(): return p
-    raise FileNotFoundError(f"the shipped tiny model was not found (expected data/{name}/model_index.json); "
-                            f"set ${env} to a pipeline folder, or train one with scripts/train_tiny.sh")
+    from sd_from_scratch.images import shipped
+    return shipped(MODEL_KINDS[kind])
 
 def load_default(kind: str = "base", device=None, dtype=None):
     """A shipped tiny model as a `StableDiffusion` pipeline, ready to sample on CPU: `kind` "base" (text-to-image,

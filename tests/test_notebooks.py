@@ -28,3 +28,14 @@ def test_export_is_in_sync(tmp_path):
     ours, fresh = pyfiles(ROOT / "sd_from_scratch"), pyfiles(dst / "sd_from_scratch")
     stale = sorted(str(k) for k in set(ours) | set(fresh) if ours.get(k) != fresh.get(k))
     assert not stale, f"notebooks and sd_from_scratch/ disagree in {stale}: run `nbdev_clean && nbdev_export` and commit both"
+
+def test_notebooks_open_in_the_project_kernel_and_never_export():
+    "Every notebook names the python3 kernel (no 'Select Kernel' dialog) and none runs nbdev_export when a learner runs it."
+    import json
+    bad = []
+    for nb in NBS:
+        d = json.loads(nb.read_text())
+        if d.get("metadata", {}).get("kernelspec", {}).get("name") != "python3": bad.append(f"{nb.name}: no python3 kernelspec")
+        for c in d["cells"]:
+            if c["cell_type"] == "code" and "nbdev_export(" in "".join(c["source"]): bad.append(f"{nb.name}: runs nbdev_export")
+    assert not bad, "\n".join(bad)
