@@ -205,8 +205,9 @@ class CLIPTokenizer:
             full = self.encode(t, add_special_tokens=False)
             if truncation and len(full) > max_length - 2:
                 if warn:
-                    logger.warning(f"The following part of your input was truncated because CLIP can only handle sequences "
-                                   f"up to {max_length} tokens: {[self.decode(full[max_length - 2:])]}")
+                    cut = self.decode(full[max_length - 2:])                # one short line, not the whole cut-off text
+                    logger.warning(f"prompt truncated to {max_length} tokens (CLIP's window): the last {len(full) - max_length + 2} "
+                                   f"of {len(full)} tokens are ignored, from {cut[:40]!r}{'…' if len(cut) > 40 else ''}")
                 full = full[:max_length - 2]
             ids.append([self.bos_token_id, *full, self.eos_token_id])
         if padding == "max_length": L = max_length

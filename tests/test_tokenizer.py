@@ -171,3 +171,18 @@ def test_fallback_patterns_hypothesis(re_patterns, s):
     from sd_from_scratch.tokenizer import CLIP_PATTERN
     assert re_patterns[0].sub(" ", s) == regex.sub(r"\s+", " ", s)
     assert re_patterns[1].findall(s) == regex.findall(CLIP_PATTERN, s)
+
+
+def test_truncation_warning_is_one_short_line(caplog):
+    "A prompt past 77 tokens warns in one line with counts, not with the whole cut-off text (issue 25)."
+    import logging
+    from sd_from_scratch.tokenizer import CLIPTokenizer
+    tok = CLIPTokenizer()
+    long = ", ".join(["a lonely keeper waving from the balcony"] * 40)
+    with caplog.at_level(logging.WARNING, logger="sd_from_scratch.tokenizer"):
+        ids = tok([long])["input_ids"]
+    assert tuple(ids.shape) == (1, 77)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "\n" not in msgs[0] and len(msgs[0]) < 200, msgs
+    n = len(tok.encode(long, add_special_tokens=False))
+    assert f"the last {n - 75} of {n} tokens are ignored" in msgs[0], msgs[0]
