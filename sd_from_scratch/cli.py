@@ -10,7 +10,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['A1111_SAMPLERS', 'SINGLE_FILE', 'format_parameters', 'parse_parameters', 'save_png', 'read_parameters',
            'writable_folder', 'output_paths', 'release', 'default_model', 'check_device', 'load_pipeline', 'parse_size',
-           'native_size', 'run', 'build_parser', 'sweep', 'main']
+           'native_size', 'apply_adapters', 'run', 'build_parser', 'sweep', 'main']
 
 # %% ../nbs/16_cli.ipynb #a883ecf0
 A1111_SAMPLERS = {"ddpm": "DDPM", "ddim": "DDIM", "pndm": "PLMS", "lms": "LMS", "euler": "Euler", "euler_a": "Euler a",
@@ -18,7 +18,9 @@ A1111_SAMPLERS = {"ddpm": "DDPM", "ddim": "DDIM", "pndm": "PLMS", "lms": "LMS", 
 _FROM_A1111 = {v.lower(): k for k, v in A1111_SAMPLERS.items()}
 _KEYS = [("steps", "Steps"), ("sampler", "Sampler"), ("guidance", "CFG scale"), ("seed", "Seed"), ("size", "Size"),
          ("model", "Model"), ("strength", "Denoising strength"), ("eta", "Eta"), ("rescale", "Guidance rescale"),
-         ("threshold", "Dynamic threshold")]
+         ("threshold", "Dynamic threshold"), ("weighting", "Prompt weighting"), ("fast", "Fast sampling"),
+         ("lora_hashes", "Lora hashes"), ("ti_hashes", "TI hashes")]
+_FLAGS, _QUOTED = ("weighting", "fast"), ("lora_hashes", "ti_hashes")     # on/off keys; "name: hash, …" lists (quoted, as A1111)
 
 def format_parameters(p: dict) -> str:
     "A1111-style text for a generation's settings `p` (prompt, negative, steps, sampler, guidance, seed, size, ...)."
@@ -27,8 +29,10 @@ def format_parameters(p: dict) -> str:
     kv = []
     for k, name in _KEYS:
         v = p.get(k)
-        if v is None or (k in ("eta", "rescale") and not v): continue
+        if v is None or (k in ("eta", "rescale") + _FLAGS + _QUOTED and not v): continue
         if k == "sampler": v = A1111_SAMPLERS.get(v, v)
+        if k in _FLAGS: v = "on"
+        if k in _QUOTED: v = f'"{v}"'
         if k == "size": v = f"{v[0]}x{v[1]}"
         kv.append(f"{name}: {v}")
     return "\n".join(lines + [", ".join(kv)])
@@ -53,6 +57,8 @@ def parse_parameters(text: str) -> dict:
             elif k == "size": v = tuple(int(s) for s in v.split("x"))
             elif k in ("steps", "seed"): v = int(v)
             elif k in ("guidance", "strength", "eta", "rescale", "threshold"): v = float(v)
+            elif k in _FLAGS: v = v.lower() in ("on", "true", "1")
+            elif k in _QUOTED: v = v.strip('"')
         except ValueError: raise ValueError(f"cannot read '{key}: {v}' in the parameters text") from None
         p[k] = v
     if "steps" not in p:
@@ -160,14 +166,19 @@ def check_device(device: str | None) -> str:
 
 SINGLE_FILE = (".safetensors", ".ckpt")
 
-def load_pipeline(model: str | None, device: str | None = None, config: str | None = None):
+def load_pipeline(model: str | None, device: str | None = None, config: str | None = None, fast: bool = False):
     """`--model`: a diffusers folder, a single .safetensors/.ckpt file (configs from `--config DIR`, default SD v1.5's)
-    or a hub id; None → the shipped tiny model."""
+    or a hub id; None → the shipped tiny model. `fast`: bf16 on a CPU and lesson 10a's `enable_fast_sampling()`."""
     import torch
     from sd_from_scratch.pipeline import StableDiffusion
     path = str(model) if model else str(default_model())
     device = check_device(device)
-    dtype = torch.float16 if device.startswith("cuda") else None
+    dtype = torch.float16 if device.startswith("cuda") else torch.bfloat16 if fast else None
+    pipe, path = _load(StableDiffusion, path, device, dtype, config)
+    if fast: pipe.enable_fast_sampling()
+    return pipe, path
+
+def _load(StableDiffusion, path: str, device, dtype, config):
     if Path(path).is_file():
         if Path(path).suffix.lower() not in SINGLE_FILE:
             raise ValueError(f"--model {path}: a single-file model must be .safetensors or .ckpt (or give a diffusers folder)")
@@ -197,6 +208,57 @@ def native_size(pipe) -> tuple[int, int]:
     h, w = pipe.default_hw
     return w, h
 
+# %% ../nbs/16_cli.ipynb #f58ee216
+def _split_opt(s: str, what: str):
+    "'path:0.8' / 'path:<tok>' → (path, '0.8' / '<tok>' or None); a Windows drive colon is not a separator."
+    head, sep, tail = s.rpartition(":")
+    if not sep or not head or "/" in tail or "\\" in tail or (len(head) == 1 and head.isalpha()): return s, None
+    return head, tail
+
+def _hashes(text: str | None) -> dict:
+    "A1111's 'name: hash, name: hash' → {name: hash}."
+    return dict(kv.split(": ", 1) for kv in (text or "").split(", ") if ": " in kv)
+
+def apply_adapters(pipe, p: dict, a) -> str:
+    """Merge the LoRAs (`--lora`, and `<lora:name:scale>` prompt tags found in `--lora-dir`) and load the embeddings
+    (`--embedding`) into `pipe`; record them in `p` (tags in the prompt, A1111's hash fields). Returns the prompt
+    without tags, for the pipeline. A recorded hash that doesn't match the file found is an error."""
+    from sd_from_scratch.adapters import extract_lora_tags, find_lora, lora_hash, embedding_hash
+    want_lora, want_ti = _hashes(p.get("lora_hashes")), _hashes(p.get("ti_hashes"))
+    tags = []
+    for spec in a.lora:
+        f, scale = _split_opt(spec, "--lora")
+        if not Path(f).is_file(): raise FileNotFoundError(f"--lora {spec}: no such file")
+        try: scale = 1.0 if scale is None else float(scale)
+        except ValueError: raise ValueError(f"--lora {spec}: the scale after ':' must be a number, e.g. --lora {f}:0.8") from None
+        tags.append((Path(f).stem, scale, Path(f)))
+    clean, in_prompt = extract_lora_tags(p["prompt"])
+    for name, scale in in_prompt:
+        if any(t[0] == name for t in tags): continue                         # also given as --lora FILE
+        if not a.lora_dir: raise ValueError(f"the prompt uses <lora:{name}:{scale:g}>: give --lora-dir DIR holding {name}.safetensors")
+        tags.append((name, scale, find_lora(name, a.lora_dir)))
+    hashes = {}
+    for name, scale, f in tags:
+        h = lora_hash(f)
+        if name in want_lora and want_lora[name] != h:
+            raise ValueError(f"LoRA {name}: {f} has hash {h}, but the image was made with {want_lora[name]} (a different file)")
+        pipe.load_lora_weights(f, scale=scale); hashes[name] = h
+    ti = {}
+    for spec in a.embedding:
+        f, token = _split_opt(spec, "--embedding")
+        if not Path(f).is_file(): raise FileNotFoundError(f"--embedding {spec}: no such file")
+        tok = pipe.load_textual_inversion(f, token)[0]
+        h = embedding_hash(f)
+        if tok in want_ti and want_ti[tok] != h:
+            raise ValueError(f"embedding {tok}: {f} has hash {h}, but the image was made with {want_ti[tok]} (a different file)")
+        ti[tok] = h
+    missing = sorted(set(want_ti) - set(ti))
+    if missing: raise ValueError(f"the image used the embedding(s) {', '.join(missing)}: give --embedding FILE[:TOKEN] for each")
+    p["prompt"] = " ".join([clean] + [f"<lora:{n}:{s:g}>" for n, s, _ in tags]) if tags else clean
+    p["lora_hashes"] = ", ".join(f"{n}: {h}" for n, h in hashes.items()) or None
+    p["ti_hashes"] = ", ".join(f"{t}: {h}" for t, h in ti.items()) or None
+    return clean
+
 # %% ../nbs/16_cli.ipynb #1cd0da6f
 def _check_numbers(p: dict, num):
     "The numbers of a command line (or of a --from-png chunk), checked before anything is loaded; errors name the option."
@@ -216,7 +278,8 @@ def _settings(a, kind: str) -> dict:
         for k in ("model",): p.pop(k, None)
     given = {"prompt": a.prompt, "negative": a.negative, "steps": a.steps, "sampler": a.sampler,
              "guidance": a.guidance, "seed": a.seed, "size": parse_size(a.size), "eta": a.eta,
-             "rescale": a.rescale, "threshold": a.threshold, "strength": getattr(a, "strength", None)}
+             "rescale": a.rescale, "threshold": a.threshold, "strength": getattr(a, "strength", None),
+             "weighting": a.weighting or None, "fast": a.fast or None}
     p.update({k: v for k, v in given.items() if v is not None})
     if not p.get("prompt") and p.get("prompt") != "":
         raise ValueError("no prompt: give one, e.g. sdfs generate \"a red 7 on a blue background\"")
@@ -242,7 +305,8 @@ def run(a, kind: str = "txt2img") -> list[Path]:
 
 def _generate(a, kind: str, p: dict, paths: list[Path]) -> list[Path]:
     from PIL import Image
-    pipe, model = load_pipeline(a.model, a.device, getattr(a, "config", None))
+    pipe, model = load_pipeline(a.model, a.device, getattr(a, "config", None), fast=bool(p.get("fast")))
+    prompt = apply_adapters(pipe, p, a)                                        # LoRAs, embeddings; the prompt without <lora:…> tags
     pipe.progress = sys.stderr.isatty()                                        # no progress bars in logs and pipes
     p["model"] = Path(model).name if Path(model).exists() else model
     p["sampler"] = p.get("sampler") or pipe.default_sampler
@@ -250,14 +314,14 @@ def _generate(a, kind: str, p: dict, paths: list[Path]) -> list[Path]:
     else: p["size"] = p.get("size") or Image.open(a.image).size
     w, h = p["size"]
     kw = dict(negative_prompt=p.get("negative"), steps=p["steps"], guidance_scale=p["guidance"], sampler=p["sampler"],
-              eta=p.get("eta") or 0.0, guidance_rescale=p.get("rescale") or 0.0)
+              eta=p.get("eta") or 0.0, guidance_rescale=p.get("rescale") or 0.0, prompt_weighting=bool(p.get("weighting")))
     if p.get("threshold") and kind != "inpaint": kw["dynamic_threshold"] = p["threshold"]
     written = []
     for i, path in enumerate(paths):
         pi = dict(p, seed=p["seed"] + i)
-        if kind == "txt2img": im = pipe(p["prompt"], height=h, width=w, seed=pi["seed"], **kw)[0]
-        elif kind == "img2img": im = pipe.img2img(p["prompt"], Image.open(a.image), strength=p["strength"], height=h, width=w, seed=pi["seed"], **kw)[0]
-        else: im = pipe.inpaint(p["prompt"], Image.open(a.image), Image.open(a.mask), strength=p["strength"], height=h, width=w, seed=pi["seed"], **kw)[0]
+        if kind == "txt2img": im = pipe(prompt, height=h, width=w, seed=pi["seed"], **kw)[0]
+        elif kind == "img2img": im = pipe.img2img(prompt, Image.open(a.image), strength=p["strength"], height=h, width=w, seed=pi["seed"], **kw)[0]
+        else: im = pipe.inpaint(prompt, Image.open(a.image), Image.open(a.mask), strength=p["strength"], height=h, width=w, seed=pi["seed"], **kw)[0]
         written.append(save_png(im, path, format_parameters(pi), overwrite=a.overwrite, claimed=True))
         print(f"wrote {path}  (seed {pi['seed']})")
     return written
@@ -281,6 +345,13 @@ def _image_options(ap: argparse.ArgumentParser):
     ap.add_argument("--threshold", type=float, default=None, help="dynamic thresholding percentile, e.g. 0.995")
     ap.add_argument("--from-png", default=None, help="take prompt and settings from a PNG written by sdfs or A1111")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                    help="merge a LoRA (diffusers or kohya file; scale default 1); repeat to stack")
+    ap.add_argument("--lora-dir", default=None, help="where A1111 prompt tags <lora:name:0.8> find name.safetensors")
+    ap.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
+                    help="a textual-inversion embedding (A1111 .pt/.safetensors or diffusers); repeat for several")
+    ap.add_argument("--weighting", action="store_true", help="A1111 prompt weighting (word:1.3), (word), [word] and prompts past 75 tokens")
+    ap.add_argument("--fast", action="store_true", help="bf16 on a CPU + DeepCache + guidance interval (lesson 10a): ~30 % of the UNet work, slightly different images")
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sdfs", description="Stable Diffusion from scratch: generate images, train and evaluate.",

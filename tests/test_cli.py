@@ -119,3 +119,64 @@ def test_model_single_file(tmp_path, capsys, one_thread):
     (tmp_path / "w.bin").write_bytes(b"x")
     assert gen("--model", str(tmp_path / "w.bin"), "--out", str(tmp_path / "d.png")) == 2
     assert ".safetensors or .ckpt" in capsys.readouterr().err
+
+
+def _toy_lora_file(path, layout="kohya", std=0.15, seed=0):
+    "A random rank-4 LoRA on the shipped toy UNet's attention layers, saved as .safetensors."
+    import torch
+    from safetensors.torch import save_file
+    import sd_from_scratch.adapters as A
+    from sd_from_scratch import load_default
+    pipe = load_default()
+    g, sd = torch.Generator().manual_seed(seed), {}
+    for n in A.default_lora_targets(pipe.unet, "unet", conv=False):
+        w = pipe.unet.get_submodule(n).weight
+        k = "lora_unet_" + n.replace(".", "_")
+        sd[k + ".lora_down.weight"] = torch.randn(4, w.shape[1], generator=g) * std
+        sd[k + ".lora_up.weight"] = torch.randn(w.shape[0], 4, generator=g) * std
+        sd[k + ".alpha"] = torch.tensor(4.0)
+    save_file(sd, str(path)); return path
+
+
+def test_lora_embedding_and_weighting_from_the_command_line(tmp_path, capsys, one_thread):
+    "--lora FILE:SCALE and <lora:name:s> tags give the same image, recorded for --from-png; --embedding; --weighting (issue 19)."
+    import torch
+    from sd_from_scratch.adapters import save_embedding, lora_hash
+    loras = tmp_path / "loras"; loras.mkdir()
+    f = _toy_lora_file(loras / "style.safetensors")
+    plain = tmp_path / "plain.png"
+    assert main(["generate", "a red 3 on a blue background", "--seed", "0", "--steps", "2", "--out", str(plain)]) == 0
+    assert main(["generate", "a red 3 on a blue background", "--seed", "0", "--steps", "2", "--lora", f"{f}:0.8",
+                 "--out", str(tmp_path / "a.png")]) == 0
+    assert main(["generate", "a red 3 on a blue background <lora:style:0.8>", "--seed", "0", "--steps", "2",
+                 "--lora-dir", str(loras), "--out", str(tmp_path / "b.png")]) == 0
+    a, b = (np.asarray(Image.open(tmp_path / n)) for n in ("a.png", "b.png"))
+    assert (a == b).all() and np.abs(a.astype(int) - np.asarray(Image.open(plain)).astype(int)).max() > 0
+    p = read_parameters(tmp_path / "a.png")
+    assert p["prompt"] == "a red 3 on a blue background <lora:style:0.8>" and p["lora_hashes"] == f"style: {lora_hash(f)}"
+    assert main(["generate", "--from-png", str(tmp_path / "a.png"), "--lora-dir", str(loras), "--out", str(tmp_path / "c.png")]) == 0
+    assert (np.asarray(Image.open(tmp_path / "c.png")) == a).all()
+    capsys.readouterr()
+    assert main(["generate", "--from-png", str(tmp_path / "a.png"), "--out", str(tmp_path / "d.png")]) != 0
+    assert "--lora-dir" in capsys.readouterr().err
+    _toy_lora_file(loras / "style.safetensors", seed=1)                   # same name, another file: the hash says so
+    assert main(["generate", "--from-png", str(tmp_path / "a.png"), "--lora-dir", str(loras), "--out", str(tmp_path / "e.png")]) != 0
+    assert "different file" in capsys.readouterr().err
+    # an embedding: a new word with "red"'s vector draws like "red"; recorded, and required again by --from-png
+    from sd_from_scratch import load_default
+    pipe = load_default()
+    red = pipe.text_encoder.text_model.embeddings.token_embedding.weight[pipe.tokenizer.encode("red")[1]].detach()
+    emb = save_embedding(red[None].clone(), "<rouge>", tmp_path / "rouge.pt", "a1111")
+    assert main(["generate", "a <rouge> 3 on a blue background", "--seed", "0", "--steps", "2", "--embedding",
+                 f"{emb}:<rouge>", "--out", str(tmp_path / "t.png")]) == 0
+    assert (np.asarray(Image.open(tmp_path / "t.png")) == np.asarray(Image.open(plain))).all()
+    assert "<rouge>: " in read_parameters(tmp_path / "t.png")["ti_hashes"]
+    capsys.readouterr()
+    assert main(["generate", "--from-png", str(tmp_path / "t.png"), "--out", str(tmp_path / "t2.png")]) != 0
+    assert "--embedding" in capsys.readouterr().err
+    # --weighting: recorded, and it changes a weighted prompt
+    assert main(["generate", "a (red:1.8) 3 on a blue background", "--seed", "0", "--steps", "2", "--weighting",
+                 "--out", str(tmp_path / "w.png")]) == 0
+    assert read_parameters(tmp_path / "w.png")["weighting"] is True
+    assert main(["generate", "--from-png", str(tmp_path / "w.png"), "--out", str(tmp_path / "w2.png")]) == 0
+    assert (np.asarray(Image.open(tmp_path / "w.png")) == np.asarray(Image.open(tmp_path / "w2.png"))).all()
