@@ -414,7 +414,7 @@ def autocast_dtype(mixed_precision: str, device) -> torch.dtype | None:
 # %% ../nbs/11_training.ipynb #9ae4ae3f
 def default_base() -> Path:
     "The shipped tiny model (data/tiny-sd, or the wheel's copy; lesson 00's `shipped`) — or the folder named by $SDFS_TINY_SD."
-    from .images import shipped
+    from sd_from_scratch.images import shipped
     return shipped("tiny-sd")
 
 def load_frozen(base, device="cpu"):
