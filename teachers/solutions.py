@@ -205,7 +205,7 @@ def solution_frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 # ---- ex_14: data
 def solution_funnel(rows: list[dict]) -> list[int]:
     keep = [lambda r: r["similarity"] >= 0.28, lambda r: min(r["width"], r["height"]) >= 512,
-            lambda r: r["pwatermark"] < 0.5, lambda r: r["punsafe"] < 0.1, lambda r: r["aesthetic"] > 5.0]
+            lambda r: r["pwatermark"] < 0.5, lambda r: r["aesthetic"] > 5.0]
     counts = [len(rows)]
     for f in keep:
         rows = [r for r in rows if f(r)]

@@ -15,7 +15,7 @@ from ..data import make_laion_sample, iter_rows, filter_table, sd_filters, RowFi
 __all__ = ['FUNNEL_STEPS', 'BUCKET_SIZES', 'sample_table', 'sample_rows', 'check_funnel', 'check_buckets']
 
 # %% ../../nbs/exercises/graders/data.ipynb #d471601e
-FUNNEL_STEPS = ("all rows", "similarity ≥ 0.28", "min side ≥ 512", "pwatermark < 0.5", "punsafe < 0.1", "aesthetic > 5.0")
+FUNNEL_STEPS = ("all rows", "similarity ≥ 0.28", "min side ≥ 512", "pwatermark < 0.5", "aesthetic > 5.0")   # SD v1.2+ (no punsafe: that is SD 2.0's)
 
 @lru_cache(maxsize=None)
 def sample_table(n: int = 3000, seed: int = 0) -> str:
@@ -33,11 +33,11 @@ def _funnel(rows, filters) -> list[int]:
     return counts
 
 def check_funnel(fn):
-    "Grade `fn(rows)` → the six survivor counts, against `data.filter_table(table, data.sd_filters())`."
+    "Grade `fn(rows)` → the five survivor counts, against `data.filter_table(table, data.sd_filters())`."
     rows = sample_rows()
     got = run_check(fn, [dict(r) for r in rows], what="funnel")
     try: got = np.asarray([int(v) for v in (got.values() if isinstance(got, dict) else got)], dtype=np.int64)
-    except Exception: raise ExerciseError(f"funnel: return the six counts as a list of ints, got {type(got).__name__} ({got!r:.80})")
+    except Exception: raise ExerciseError(f"funnel: return the five counts as a list of ints, got {type(got).__name__} ({got!r:.80})")
     want = np.asarray(list(filter_table(sample_table(), sd_filters()).values()), dtype=np.int64)
     f = sd_filters()
     def swap(i, new): return [new if j == i else x for j, x in enumerate(f)]
@@ -50,13 +50,11 @@ def check_funnel(fn):
             np.asarray(_funnel(rows, swap(1, lambda r: r["width"] >= 512))),
         "the watermark filter is inverted: keep rows whose pwatermark (probability of a watermark) is *below* 0.5":
             np.asarray(_funnel(rows, swap(2, RowFilter("", "pwatermark", ">=", 0.5)))),
-        "the unsafe filter is inverted: keep rows whose punsafe is *below* 0.1":
-            np.asarray(_funnel(rows, swap(3, RowFilter("", "punsafe", ">=", 0.1)))),
         "the aesthetic filter is inverted: keep rows whose aesthetic score is *above* 5":
-            np.asarray(_funnel(rows, swap(4, RowFilter("", "aesthetic", "<=", 5.0)))),
+            np.asarray(_funnel(rows, swap(3, RowFilter("", "aesthetic", "<=", 5.0)))),
         "you stopped after the size filter (v1.1's laion-high-resolution has no watermark/aesthetic filters; v1.2+ does)":
-            np.asarray(_funnel(rows, f[:2]) + [_funnel(rows, f[:2])[-1]] * 3),
-        "only five counts: the first one is 'all rows', before any filter": np.asarray(_funnel(rows, f)[1:])},
+            np.asarray(_funnel(rows, f[:2]) + [_funnel(rows, f[:2])[-1]] * 2),
+        "only four counts: the first one is 'all rows', before any filter": np.asarray(_funnel(rows, f)[1:])},
         check_dtype=False, atol=0, rtol=0)
     n0 = want[0]
     passed("funnel " + " → ".join(f"{k}: {v} ({v / n0:.1%})" for k, v in zip(FUNNEL_STEPS, want)))
