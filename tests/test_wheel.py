@@ -66,10 +66,15 @@ def test_installed_wheel_generates_from_another_folder(wheel, tmp_path):
             "print('ok', sd_from_scratch.__file__)") % str(target)
     r = _run_outside(target, code, tmp_path)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
-    r = _run_outside(target, ["-m", "sd_from_scratch.cli", "generate", "a red 7 on a blue background", "--steps", "4",
+    r = _run_outside(target, ["-m", "sd_from_scratch.cli", "generate", "a red 7 on a blue background", "--steps", "20",
                               "--seed", "1", "--out", "seven.png", "--device", "cpu"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     from PIL import Image
     from sd_from_scratch.cli import read_parameters
     assert Image.open(tmp_path / "seven.png").size == (32, 32)
     assert read_parameters(tmp_path / "seven.png")["prompt"] == "a red 7 on a blue background"
+    import numpy as np, torch                                       # ... and it is a red 7 on blue, as the digit judge reads it
+    from sd_from_scratch.toy import COLOURS, load_digit_classifier, read_images
+    x = torch.from_numpy(np.asarray(Image.open(tmp_path / "seven.png").convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None]
+    r = read_images(x, load_digit_classifier())
+    assert (int(r["digit"][0]), COLOURS[int(r["fg"][0])], COLOURS[int(r["bg"][0])]) == (7, "red", "blue")
