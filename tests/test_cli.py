@@ -180,3 +180,13 @@ def test_lora_embedding_and_weighting_from_the_command_line(tmp_path, capsys, on
     assert read_parameters(tmp_path / "w.png")["weighting"] is True
     assert main(["generate", "--from-png", str(tmp_path / "w.png"), "--out", str(tmp_path / "w2.png")]) == 0
     assert (np.asarray(Image.open(tmp_path / "w.png")) == np.asarray(Image.open(tmp_path / "w2.png"))).all()
+
+
+def test_fast_flag_is_recorded_and_reproduced(tmp_path, one_thread):
+    "--fast (bf16 + lesson 10a's enable_fast_sampling) is recorded in the PNG, and --from-png redraws the same pixels."
+    assert main(["generate", P, "--seed", "3", "--steps", "6", "--fast", "--out", str(tmp_path / "f.png")]) == 0
+    assert read_parameters(tmp_path / "f.png")["fast"] is True
+    assert main(["generate", "--from-png", str(tmp_path / "f.png"), "--out", str(tmp_path / "g.png")]) == 0
+    assert (np.asarray(Image.open(tmp_path / "f.png")) == np.asarray(Image.open(tmp_path / "g.png"))).all()
+    assert main(["generate", P, "--seed", "3", "--steps", "6", "--out", str(tmp_path / "slow.png")]) == 0
+    assert "Fast sampling" not in Image.open(tmp_path / "slow.png").info["parameters"]
