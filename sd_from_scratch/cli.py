@@ -209,7 +209,7 @@ def native_size(pipe) -> tuple[int, int]:
     return w, h
 
 # %% ../nbs/16_cli.ipynb #f58ee216
-def _split_opt(s: str, what: str):
+def _split_opt(s: str):
     "'path:0.8' / 'path:<tok>' → (path, '0.8' / '<tok>' or None); a Windows drive colon is not a separator."
     head, sep, tail = s.rpartition(":")
     if not sep or not head or "/" in tail or "\\" in tail or (len(head) == 1 and head.isalpha()): return s, None
@@ -227,7 +227,7 @@ def apply_adapters(pipe, p: dict, a) -> str:
     want_lora, want_ti = _hashes(p.get("lora_hashes")), _hashes(p.get("ti_hashes"))
     tags = []
     for spec in a.lora:
-        f, scale = _split_opt(spec, "--lora")
+        f, scale = _split_opt(spec)
         if not Path(f).is_file(): raise FileNotFoundError(f"--lora {spec}: no such file")
         try: scale = 1.0 if scale is None else float(scale)
         except ValueError: raise ValueError(f"--lora {spec}: the scale after ':' must be a number, e.g. --lora {f}:0.8") from None
@@ -245,7 +245,7 @@ def apply_adapters(pipe, p: dict, a) -> str:
         pipe.load_lora_weights(f, scale=scale); hashes[name] = h
     ti = {}
     for spec in a.embedding:
-        f, token = _split_opt(spec, "--embedding")
+        f, token = _split_opt(spec)
         if not Path(f).is_file(): raise FileNotFoundError(f"--embedding {spec}: no such file")
         tok = pipe.load_textual_inversion(f, token)[0]
         h = embedding_hash(f)
