@@ -15,7 +15,7 @@ from .hub import check_state_dict, read_json, read_component_weights, write_json
 # %% auto #0
 __all__ = ['SD1_TEXT_CONFIG', 'ACTIVATIONS', 'RE_ATTENTION', 'RE_BREAK', 'CHUNK', 'CLIPTextConfig', 'quick_gelu',
            'CLIPTextEmbeddings', 'causal_mask', 'naive_attention', 'CLIPAttention', 'text_attention_mask', 'CLIPMLP',
-           'CLIPEncoderLayer', 'CLIPEncoder', 'CLIPTextOutput', 'CLIPTextTransformer', 'CLIPTextModel',
+           'CLIPEncoderLayer', 'CLIPEncoder', 'CLIPTextOutput', 'CLIPTextTransformer', 'pooled_eos', 'CLIPTextModel',
            'parse_prompt_attention', 'prompt_chunks', 'chunk_count', 'encode_weighted']
 
 # %% ../nbs/04_text_encoder.ipynb #6c75d3b9
@@ -167,6 +167,14 @@ class CLIPTextTransformer(nn.Module):
             if keep_hidden: hidden.append(x)
         return x, (tuple(hidden) if keep_hidden else None)
 
+# %% ../nbs/04_text_encoder.ipynb #5310f9e2
+def pooled_eos(hidden: torch.Tensor, input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """B×L×D hidden states, B×L ids → B×D: the state at each row's end-of-text token. transformers' rule: the first
+    `eos_token_id` in the row, or, for old configs that say `eos_token_id=2`, the position of the largest id."""
+    if eos_token_id == 2: pos = input_ids.argmax(-1)
+    else: pos = (input_ids == eos_token_id).int().argmax(-1)
+    return hidden[torch.arange(len(input_ids), device=input_ids.device), pos.to(input_ids.device)]
+
 # %% ../nbs/04_text_encoder.ipynb #375e7aa1
 class CLIPTextModel(nn.Module):
     "CLIP's text transformer; `model(input_ids)` → last hidden state B×L×D. Parameter names as 🤗 `CLIPTextModel`."
@@ -218,10 +226,8 @@ class CLIPTextModel(nn.Module):
         return input_ids.to(self.device, torch.long)
 
     def pool(self, last_hidden_state: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        "B×L×D, B×L → B×D: the state at each sequence's end token (largest id when the config says eos_token_id=2)."
-        if self.config.eos_token_id == 2: pos = input_ids.argmax(-1)
-        else: pos = (input_ids == self.config.eos_token_id).int().argmax(-1)
-        return last_hidden_state[torch.arange(len(input_ids), device=input_ids.device), pos.to(input_ids.device)]
+        "B×L×D, B×L → B×D: the state at each sequence's end token (`pooled_eos` with this config's `eos_token_id`)."
+        return pooled_eos(last_hidden_state, input_ids, self.config.eos_token_id)
 
     def encode(self, input_ids, attention_mask=None, clip_skip: int | None = None,
                output_hidden_states: bool = False) -> CLIPTextOutput:
