@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_text_encoder.ipynb #3a8a6b52
 from __future__ import annotations
-import math, re
+import re
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import torch
@@ -14,7 +14,7 @@ from .hub import check_state_dict, read_json, read_component_weights, write_json
 
 # %% auto #0
 __all__ = ['SD1_TEXT_CONFIG', 'ACTIVATIONS', 'RE_ATTENTION', 'RE_BREAK', 'CHUNK', 'CLIPTextConfig', 'quick_gelu',
-           'CLIPTextEmbeddings', 'causal_mask', 'naive_attention', 'CLIPAttention', 'text_attention_mask', 'CLIPMLP',
+           'CLIPTextEmbeddings', 'causal_mask', 'attention_naive', 'CLIPAttention', 'text_attention_mask', 'CLIPMLP',
            'CLIPEncoderLayer', 'CLIPEncoder', 'CLIPTextOutput', 'CLIPTextTransformer', 'pooled_eos', 'CLIPTextModel',
            'parse_prompt_attention', 'prompt_chunks', 'chunk_count', 'encode_weighted']
 
@@ -90,11 +90,21 @@ def causal_mask(L: int, device=None) -> torch.Tensor:
     "L×L boolean mask, True where query i may attend to key j (j ≤ i)."
     return torch.ones(L, L, dtype=torch.bool, device=device).tril()
 
-def naive_attention(q, k, v, mask=None):
-    "softmax(q·kᵀ/√d + mask)·v for q, k, v of shape B×heads×L×d; `mask` boolean (True = attend), broadcastable."
-    w = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])             # B×h×L×L
-    if mask is not None: w = w.masked_fill(~mask, float("-inf"))
-    return w.softmax(-1) @ v                                          # B×h×L×d
+def attention_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                    scale: float | None = None, return_weights: bool = False, upcast: bool = False):
+    """softmax(q kᵀ · scale + mask) v, written out. q: …×N×d, k: …×M×d, v: …×M×dv → …×N×dv.
+    `scale` defaults to 1/√d; `mask` (additive float, or bool where True = keep) broadcasts to …×N×M.
+    `upcast=True` computes scores and softmax in float32 (what SD 2.x's `upcast_attention` asks for in fp16)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    dtype = q.dtype
+    if upcast: q, k = q.float(), k.float()
+    scores = (q * scale) @ k.transpose(-1, -2)                                    # …×N×M
+    if mask is not None:
+        if mask.dtype == torch.bool: scores = scores.masked_fill(~mask, float("-inf"))
+        else: scores = scores + mask.to(scores.dtype)
+    w = scores.softmax(dim=-1).to(dtype)                                          # …×N×M, rows sum to 1
+    out = w @ v                                                                   # …×N×dv
+    return (out, w) if return_weights else out
 
 # %% ../nbs/04_text_encoder.ipynb #20658e9e
 class CLIPAttention(nn.Module):
