@@ -665,6 +665,13 @@ TOY_INPAINT_TRAIN = {**TOY2_TRAIN, "max_steps": 300}
 # The shipped models: stage 4 stopped at step 700 and stage 5 at step 300, started from stage 4's EMA weights at step
 # 100 (it ran beside stage 4, on 2 cores shared with other jobs, to fit the session). `scripts/train_tiny.sh` repeats that.
 
+def _set_pipeline_class(folder, class_name: str) -> None:
+    "Re-label a pipeline folder's model_index.json (e.g. StableDiffusionInpaintPipeline for the 9-channel UNet) with lesson 00a's writer."
+    from sd_from_scratch.hub import read_json, write_model_index
+    idx = read_json(Path(folder) / "model_index.json")
+    comps = {k: tuple(v) for k, v in idx.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2}
+    write_model_index(folder, comps, class_name=class_name, **{k: v for k, v in idx.items() if not k.startswith("_") and k not in comps})
+
 def _finetune(run_dir, name: str, base, trainer_cls, make_unet, train: dict, defaults: dict, seed: int, progress: bool,
               accelerator, pipeline_class: str = "StableDiffusionPipeline") -> dict:
     from sd_from_scratch.training import TrainConfig, make_accelerator, load_frozen
@@ -685,9 +692,7 @@ def _finetune(run_dir, name: str, base, trainer_cls, make_unet, train: dict, def
     if tr.acc.is_main_process:
         if (base / "clip").exists():
             import shutil; shutil.copytree(base / "clip", out / "clip", dirs_exist_ok=True)
-        if pipeline_class != "StableDiffusionPipeline":
-            idx = json.loads((out / "model_index.json").read_text()); idx["_class_name"] = pipeline_class
-            (out / "model_index.json").write_text(json.dumps(idx, indent=2))
+        if pipeline_class != "StableDiffusionPipeline": _set_pipeline_class(out, pipeline_class)
         _mark_done(run_dir, name, info)
     return info
 
@@ -720,8 +725,7 @@ def pipeline_from_checkpoint(checkpoint, base, out, use_ema: bool = True) -> Pat
     if (base / "clip").exists():
         import shutil; shutil.copytree(base / "clip", Path(out) / "clip", dirs_exist_ok=True)
     if ucfg["in_channels"] == 9:                                  # what diffusers' sd-v1-5-inpainting folder names
-        idx = json.loads((Path(out) / "model_index.json").read_text()); idx["_class_name"] = "StableDiffusionInpaintPipeline"
-        (Path(out) / "model_index.json").write_text(json.dumps(idx, indent=2))
+        _set_pipeline_class(out, "StableDiffusionInpaintPipeline")
     return Path(out)
 
 
