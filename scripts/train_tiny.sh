@@ -3,18 +3,13 @@
 #   stages 1-2: the VAE and the toy CLIP in one process (2 threads);
 #   stage 3:    the square-only UNet, data-parallel in 2 CPU processes with accelerate (batch 32 each = global 64);
 #   stage 4:    "v2", the stage-3 UNet fine-tuned on aspect-ratio buckets with partial captions (2 processes);
-#   stage 4b:   "v2b", stage 4 continued for V2B_STEPS (default 400) more steps with more of the 64×32 and 32×64
-#               canvases (scripts/train_tiny_unet.py's WIDE_WEIGHTS; 2 processes);
-#   stage 4c:   "v2c", stage 4b continued for V2C_STEPS (default 400) steps at lr 2e-4 with still more of them
-#               (WIDER_WEIGHTS, V2C_TRAIN; 2 processes): the shipped base model;
 #   stage 5:    the 9-channel inpainting UNet, fine-tuned with random masks from stage 4's EMA weights at step
 #               INPAINT_FROM (default 100, as shipped: it ran beside stage 4 to fit the session; "final" = the end of stage 4).
 # Stages already done in RUN_DIR are skipped; a killed stage (kill -9) resumes from its last checkpoint.
-# Results: RUN_DIR/pipeline (square-only), RUN_DIR/pipeline-v2c (copy to data/tiny-sd to ship it),
-# RUN_DIR/pipeline-inpainting (copy to data/tiny-sd-inpainting). Training runs under `nice -n 10`. At the end each
-# stage's wall and CPU seconds (of its main process) are printed from RUN_DIR/*.done.json.
+# Results: RUN_DIR/pipeline (square-only), RUN_DIR/pipeline-v2 (copy to data/tiny-sd to ship it),
+# RUN_DIR/pipeline-inpainting (copy to data/tiny-sd-inpainting). Training runs under `nice -n 10`.
 #   usage: bash scripts/train_tiny.sh [RUN_DIR=outputs/toy-run] [UNET_OVERRIDES_JSON, e.g. '{"max_steps": 10}']
-#                                     [V2_OVERRIDES_JSON] [INPAINT_OVERRIDES_JSON] [V2B_OVERRIDES_JSON] [V2C_OVERRIDES_JSON]
+#                                     [V2_OVERRIDES_JSON] [INPAINT_OVERRIDES_JSON]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -22,10 +17,6 @@ RUN=${1:-outputs/toy-run}
 OVR=${2:-"{}"}
 V2OVR=${3:-"{}"}
 INPOVR=${4:-"{}"}
-V2BOVR=${5:-"{}"}
-V2COVR=${6:-"{}"}
-V2B_STEPS=${V2B_STEPS:-400}
-V2C_STEPS=${V2C_STEPS:-400}
 INPAINT_FROM=${INPAINT_FROM:-100}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 NICE="nice -n 10"
@@ -40,20 +31,13 @@ for name, stage in (("vae", stage_vae), ("clip", stage_clip)):
     info = stage(sys.argv[1], progress=False)
     print(name, {k: v for k, v in info.items() if k != "losses"}, flush=True)
 PY
-# the JSON objects given, merged left to right, after batch_size 32 (per process: global 64)
-with_batch() { .venv/bin/python -c 'import json, sys; print(json.dumps({"batch_size": 32, **{k: v for a in sys.argv[1:] for k, v in json.loads(a).items()}}))' "$@"; }
+with_batch() { .venv/bin/python -c 'import json, sys; print(json.dumps({"batch_size": 32, **json.loads(sys.argv[1])}))' "$1"; }
 $NICE "${LAUNCH[@]}" scripts/train_tiny_unet.py "$RUN" "$(with_batch "$OVR")" unet
 .venv/bin/python -c "import sys; from sd_from_scratch.toy import build_tiny_sd; print('pipeline:', build_tiny_sd(sys.argv[1], progress=False)['pipeline'])" "$RUN"
 t3=$(date +%s)
 # stage 4 keeps its early checkpoints (keep_last 20) so that stage 5 can start from step INPAINT_FROM
-$NICE "${LAUNCH[@]}" scripts/train_tiny_unet.py "$RUN" "$(with_batch '{"keep_last": 20}' "$V2OVR")" v2 "$RUN/pipeline"
+$NICE "${LAUNCH[@]}" scripts/train_tiny_unet.py "$RUN" "$(with_batch "{\"keep_last\": 20, ${V2OVR#\{}" | sed 's/, }/}/')" v2 "$RUN/pipeline"
 t4=$(date +%s)
-# stages 4b and 4c: checkpoints every 50 steps, as the shipped run (the weights do not depend on it)
-$NICE "${LAUNCH[@]}" scripts/train_tiny_unet.py "$RUN" \
-  "$(with_batch "{\"max_steps\": $V2B_STEPS, \"save_every\": 50, \"keep_last\": 20}" "$V2BOVR")" v2b "$RUN/pipeline-v2"
-$NICE "${LAUNCH[@]}" scripts/train_tiny_unet.py "$RUN" \
-  "$(with_batch "{\"max_steps\": $V2C_STEPS, \"save_every\": 50, \"keep_last\": 20}" "$V2COVR")" v2c "$RUN/pipeline-v2b"
-t4b=$(date +%s)
 if [ "$INPAINT_FROM" = "final" ]; then INP_BASE="$RUN/pipeline-v2"; else
   INP_BASE="$RUN/pipeline-v2-at$INPAINT_FROM"
   .venv/bin/python -c "import sys; from sd_from_scratch.toy import pipeline_from_checkpoint as p; p(*sys.argv[1:])" \
@@ -61,13 +45,4 @@ if [ "$INPAINT_FROM" = "final" ]; then INP_BASE="$RUN/pipeline-v2"; else
 fi
 $NICE "${LAUNCH[@]}" scripts/train_tiny_unet.py "$RUN" "$(with_batch "$INPOVR")" inpainting "$INP_BASE"
 t5=$(date +%s)
-echo "stages 1-3: $(( t3 - t0 )) s, stage 4 (v2): $(( t4 - t3 )) s, stages 4b-4c (v2b, v2c): $(( t4b - t4 )) s, stage 5 (inpainting): $(( t5 - t4b )) s wall; total $(( t5 - t0 )) s"
-.venv/bin/python - "$RUN" <<'PY'
-import json, sys
-from pathlib import Path
-for name in ("vae", "clip", "unet", "v2", "v2b", "v2c", "inpainting"):
-    p = Path(sys.argv[1]) / f"{name}.done.json"
-    if p.exists():
-        r = json.loads(p.read_text())
-        print(f"{name:>10}: {r.get('steps', '')!s:>5} steps, {r['wall_s'] / 60:5.1f} min wall, {r['cpu_s'] / 60:5.1f} CPU-min (main process; a resumed stage: its last session)")
-PY
+echo "stages 1-3: $(( t3 - t0 )) s, stage 4 (v2): $(( t4 - t3 )) s, stage 5 (inpainting): $(( t5 - t4 )) s wall; total $(( t5 - t0 )) s"
