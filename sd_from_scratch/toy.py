@@ -673,7 +673,7 @@ def _set_pipeline_class(folder, class_name: str) -> None:
     write_model_index(folder, comps, class_name=class_name, **{k: v for k, v in idx.items() if not k.startswith("_") and k not in comps})
 
 def _finetune(run_dir, name: str, base, trainer_cls, make_unet, train: dict, defaults: dict, seed: int, progress: bool,
-              accelerator, pipeline_class: str = "StableDiffusionPipeline") -> dict:
+              accelerator, pipeline_class: str = "StableDiffusionPipeline", weights=BUCKET_WEIGHTS) -> dict:
     from sd_from_scratch.training import TrainConfig, make_accelerator, load_frozen
     from sd_from_scratch.unet import UNet2DConditionModel
     run_dir = Path(run_dir); base = Path(base)
@@ -683,7 +683,7 @@ def _finetune(run_dir, name: str, base, trainer_cls, make_unet, train: dict, def
     unet = make_unet(UNet2DConditionModel.from_pretrained(base / "unet"))
     tcfg = TrainConfig(out=str(run_dir / f"{name}_run"), data=f"toy-{name}", seed=seed, resume=True, progress=progress,
                        init_unet=True, **{**defaults, **(train or {})})
-    ds = bucket_toy_dataset(seed=seed)
+    ds = bucket_toy_dataset(seed=seed, weights=weights)
     tr = trainer_cls(tcfg, ds, vae, te, tok, unet, sched, accelerator or make_accelerator(cpu=True)).fit()
     out = run_dir / f"pipeline-{name}"
     tr.save_pipeline(out)
@@ -696,10 +696,12 @@ def _finetune(run_dir, name: str, base, trainer_cls, make_unet, train: dict, def
         _mark_done(run_dir, name, info)
     return info
 
-def stage_v2(run_dir, base=None, train: dict | None = None, seed: int = 0, progress: bool = True, accelerator=None) -> dict:
+def stage_v2(run_dir, base=None, train: dict | None = None, seed: int = 0, progress: bool = True, accelerator=None,
+             weights=BUCKET_WEIGHTS, name: str = "v2") -> dict:
     """Stage 4: fine-tune the shipped UNet (VAE and text encoder frozen) on bucketed canvases with partial captions
-    → run_dir/pipeline-v2 (checkpoints in run_dir/v2_run: it resumes)."""
-    return _finetune(run_dir, "v2", base or default_model_path(), ToyTrainer, lambda u: u, train, TOY2_TRAIN, seed, progress, accelerator)
+    → run_dir/pipeline-{name} (checkpoints in run_dir/{name}_run: it resumes); `weights`: each bucket's share."""
+    return _finetune(run_dir, name, base or default_model_path(), ToyTrainer, lambda u: u, train, TOY2_TRAIN, seed, progress,
+                     accelerator, weights=weights)
 
 def stage_inpaint(run_dir, base=None, train: dict | None = None, seed: int = 0, progress: bool = True, accelerator=None) -> dict:
     """Stage 5: the 9-channel inpainting UNet, fine-tuned from stage 4's (default run_dir/pipeline-v2) with random
