@@ -6,7 +6,7 @@
 from __future__ import annotations
 import inspect
 import torch
-from .samplers import SD_V1_SCHEDULER_CONFIG, sampling_plan, dynamic_threshold, GaussianMixture
+from .samplers import SD_V1_SCHEDULER_CONFIG, sampling_plan
 
 # %% auto #0
 __all__ = ['cfg_combine', 'rescale_noise_cfg', 'mimic_threshold', 'abar_at', 'sigma_at', 'in_guidance_interval', 'cfg_model']

@@ -4,31 +4,24 @@
 
 # %% ../nbs/09_loading.ipynb #0a4c1f09
 from __future__ import annotations
-import json, os, re, tempfile, warnings
+import os, re, tempfile
 from pathlib import Path
 import torch
-from .vae import check_state_dict
+from .hub import check_state_dict, read_json, read_weights, find_weights as find_component_weights, read_component_weights   # lesson 00a
+from .hub import read_weights as load_state_dict   # the old name, kept importable
+_all_ = ['read_json', 'load_state_dict']
 from .tokenizer import write_vocab_merges        # lesson 03 writes the hub layout
 
 # %% auto #0
 __all__ = ['WEIGHT_NAMES', 'IGNORABLE', 'PREFIXES', 'PIPELINE_COMPONENTS', 'CLIP_PREFIXES', 'SD15_UNET_CONFIG', 'SD15_VAE_CONFIG',
-           'SD15_TEXT_CONFIG', 'SD15_SCHEDULER_CONFIG', 'read_json', 'read_model_index', 'read_config',
-           'load_state_dict', 'find_weights', 'load_component_weights', 'align_prefix', 'load_weights',
-           'tokenizer_vocab_merges', 'hub_tokenizer_dir', 'hub_patterns', 'is_hub_id', 'offline_help',
-           'download_pipeline', 'resolve_pipeline_dir', 'unet_key_to_ldm', 'unet_key_from_ldm', 'unet_to_ldm',
-           'unet_from_ldm', 'vae_key_to_ldm', 'vae_key_from_ldm', 'vae_to_ldm', 'vae_from_ldm', 'clip_to_ldm',
-           'clip_from_ldm', 'split_ldm_checkpoint', 'join_ldm_checkpoint', 'load_ldm_checkpoint', 'save_ldm_checkpoint',
-           'single_file_configs']
+           'SD15_TEXT_CONFIG', 'SD15_SCHEDULER_CONFIG', 'read_model_index', 'read_config', 'find_weights',
+           'load_component_weights', 'align_prefix', 'load_weights', 'tokenizer_vocab_merges', 'hub_tokenizer_dir',
+           'hub_patterns', 'is_hub_id', 'offline_help', 'download_pipeline', 'resolve_pipeline_dir', 'unet_key_to_ldm',
+           'unet_key_from_ldm', 'unet_to_ldm', 'unet_from_ldm', 'vae_key_to_ldm', 'vae_key_from_ldm', 'vae_to_ldm',
+           'vae_from_ldm', 'clip_to_ldm', 'clip_from_ldm', 'split_ldm_checkpoint', 'join_ldm_checkpoint',
+           'load_ldm_checkpoint', 'save_ldm_checkpoint', 'single_file_configs', 'read_json', 'load_state_dict']
 
 # %% ../nbs/09_loading.ipynb #6d29f74b
-def read_json(path) -> dict:
-    "Read a JSON file with a clear error when it is missing."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"missing {path.name} in {path.parent} (expected {path})")
-    try: return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); restore or re-download that file") from None
-
 def read_model_index(folder) -> dict[str, tuple[str, str]]:
     "A diffusers pipeline folder's model_index.json → {component: (library, class)} for the components present."
     idx = read_json(Path(folder) / "model_index.json")
@@ -45,59 +38,14 @@ def read_config(folder) -> dict:
 # %% ../nbs/09_loading.ipynb #c1c6fb1d
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")   # diffusers' and transformers' file stems
 
-def _torch_load_safe(path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError and friends
-        raise RuntimeError(
-            f"refusing to load {path}: it is a pickle that contains more than plain tensors ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). Unpickling it could run arbitrary code. Convert it to "
-            f".safetensors with a tool you trust, or get a .safetensors version of these weights.") from None
-
-def load_state_dict(path) -> dict[str, torch.Tensor]:
-    "Read one weights file safely: safetensors, or a pickle via `torch.load(weights_only=True)`; unwraps 'state_dict'."
-    path = Path(path)
-    if path.is_dir(): raise ValueError(f"{path} is a folder, not a weights file: give the file inside it")
-    if not path.is_file(): raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try: return load_file(str(path))
-        except Exception as e:                                   # safetensors' SafetensorError: header/size mismatch
-            raise ValueError(f"cannot read {path}: it is truncated or not a safetensors file ({e}); "
-                             f"re-download or re-save it") from None
-    if path.suffix not in (".bin", ".ckpt", ".pt", ".pth"):
-        raise ValueError(f"don't know how to read {path.name}: expected .safetensors, .bin, .ckpt, .pt or .pth")
-    sd = _torch_load_safe(path)
-    while isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict): sd = sd["state_dict"]
-    if not isinstance(sd, dict): raise ValueError(f"{path} does not hold a state dict (got {type(sd).__name__})")
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-
 def find_weights(folder, variant: str | None = None) -> list[Path]:
-    """The weights file(s) of one component folder: safetensors before .bin, `variant` (e.g. "fp16") before plain,
-    single file before shards. Raises a clear error listing what it looked for."""
-    folder = Path(folder)
-    if not folder.is_dir(): raise FileNotFoundError(f"component folder not found: {folder}")
-    tried = []
-    for ext in ("safetensors", "bin"):
-        for var in ([variant] if variant else []) + [None]:
-            for stem in WEIGHT_NAMES:
-                name = f"{stem}.{var}.{ext}" if var else f"{stem}.{ext}"
-                tried.append(name)
-                if (folder / name).is_file(): return [folder / name]
-                index = folder / f"{name}.index.json"
-                if index.is_file():
-                    shards = sorted(set(read_json(index)["weight_map"].values()))
-                    missing = [s for s in shards if not (folder / s).is_file()]
-                    if missing: raise FileNotFoundError(f"{index.name} lists shards missing from {folder}: {missing}")
-                    return [folder / s for s in shards]
-    raise FileNotFoundError(f"no weights in {folder}: looked for {', '.join(tried)} (and *.index.json shards). "
-                            f"Download the component's weights into this folder.")
+    """The weights file(s) of one pipeline component folder, whichever library wrote it: lesson 00a's `find_weights`
+    with both stems (safetensors before .bin, `variant` before plain, single file before shards)."""
+    return find_component_weights(folder, WEIGHT_NAMES, variant)
 
 def load_component_weights(folder, variant: str | None = None) -> dict[str, torch.Tensor]:
-    "All weights of one component folder as one state dict (shards merged)."
-    sd = {}
-    for f in find_weights(folder, variant): sd.update(load_state_dict(f))
-    return sd
+    "All weights of one pipeline component folder as one state dict (shards merged)."
+    return read_component_weights(folder, WEIGHT_NAMES, variant)
 
 # %% ../nbs/09_loading.ipynb #0e5d6533
 IGNORABLE = ("position_ids",)
@@ -428,7 +376,7 @@ def join_ldm_checkpoint(unet: dict, vae: dict, text_encoder: dict) -> dict:
 
 def load_ldm_checkpoint(path, extract_ema: bool = False) -> dict[str, dict]:
     "Read a single-file CompVis checkpoint (.safetensors, or .ckpt safely) → diffusers-named component state dicts."
-    return split_ldm_checkpoint(load_state_dict(path), extract_ema)
+    return split_ldm_checkpoint(read_weights(path), extract_ema)
 
 def save_ldm_checkpoint(path, unet: dict, vae: dict, text_encoder: dict, dtype=None):
     "Write a single-file CompVis checkpoint (.safetensors, or .ckpt as {'state_dict': …}) from diffusers-named dicts."

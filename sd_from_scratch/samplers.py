@@ -9,14 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from .schedule import make_betas, alphas_cumprod as cumprod_alphas, karras_sigmas
+from .vae import randn_tensor
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'SD_V1_SCHEDULER_CONFIG', 'DIFFUSERS_DEFAULTS', 'SAMPLER_FNS', 'check_sampler', 'sampler_settings',
-           'default_sampler', 'sigma_to_t', 'Plan', 'sampling_plan', 'timesteps', 'randn_like', 'dynamic_threshold',
-           'process_x0', 'vp_predict', 'sigma_predict', 'scale_input', 'GaussianMixture', 'sliced_wasserstein',
-           'sample_ddpm', 'sample_ddim', 'sample_pndm', 'sample_euler', 'sample_euler_a', 'sample_heun',
-           'lms_coefficient', 'sample_lms', 'sample_dpmpp_2m', 'img2img_start', 'add_noise_at', 'loop_steps',
-           'inpaint_callback', 'sample']
+__all__ = ['SAMPLERS', 'SD_V1_SCHEDULER_CONFIG', 'DIFFUSERS_DEFAULTS', 'SAMPLER_FNS', 'STOCHASTIC', 'check_sampler',
+           'sampler_settings', 'default_sampler', 'sigma_to_t', 'Plan', 'sampling_plan', 'timesteps', 'fresh_noise',
+           'dynamic_threshold', 'process_x0', 'vp_predict', 'sigma_predict', 'scale_input', 'GaussianMixture',
+           'sliced_wasserstein', 'sample_ddpm', 'sample_ddim', 'sample_pndm', 'sample_euler', 'sample_euler_a',
+           'sample_heun', 'lms_coefficient', 'sample_lms', 'sample_dpmpp_2m', 'img2img_start', 'add_noise_at',
+           'loop_steps', 'inpaint_blend', 'sample']
 
 # %% ../nbs/07_samplers.ipynb #42e2e9ef
 SAMPLERS = ("ddpm", "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_karras")
@@ -203,17 +204,12 @@ def timesteps(sampler: str, steps: int = 50, config: dict | None = None) -> torc
     return sampling_plan(sampler, steps, config).timesteps
 
 # %% ../nbs/07_samplers.ipynb #76e5f1e4
-def randn_like(x: torch.Tensor, generator=None) -> torch.Tensor:
-    "Standard normal noise shaped like x, drawn like diffusers' `randn_tensor` (a CPU generator draws on the CPU)."
-    if isinstance(generator, (list, tuple)):
-        if len(generator) == 1: generator = generator[0]
-        else: return torch.cat([torch.randn((1, *x.shape[1:]), generator=g, device=g.device, dtype=x.dtype)
-                                for g in generator]).to(x.device)
-    dev = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
+def fresh_noise(x: torch.Tensor, generator=None) -> torch.Tensor:
+    "Standard normal noise shaped like x, drawn by lesson 02's `randn_tensor` (diffusers' order: a CPU generator draws on the CPU)."
+    return randn_tensor(x.shape, generator, x.device, x.dtype)
 
 def dynamic_threshold(x0: torch.Tensor, ratio: float = 0.995, max_value: float = 1.0) -> torch.Tensor:
-    "Imagen's dynamic thresholding: s = ratio-quantile of |x0| per sample, kept in [1, max_value]; x0 → clamp(x0, ±s)/s."
+    "Imagen's dynamic thresholding (Saharia et al. 2022, §2.3): s = ratio-quantile of |x0| per sample, kept in [1, max_value]; x0 → clamp(x0, ±s)/s."
     b, dtype = x0.shape[0], x0.dtype
     flat = x0.reshape(b, -1)
     if dtype not in (torch.float32, torch.float64): flat = flat.float()
@@ -227,7 +223,7 @@ def process_x0(x0: torch.Tensor, s: dict) -> torch.Tensor:
     return x0
 
 def vp_predict(out, x, a_t, s: dict):
-    "(x̂0, ε̂) from the model output at x_t = √ᾱ·x0 + √(1−ᾱ)·ε (the space of DDPM/DDIM/PNDM)."
+    "(x̂0, ε̂) from the model output at x_t = √ᾱ·x0 + √(1−ᾱ)·ε (DDPM eq. 15; v: Salimans & Ho 2022 §4) — the space of DDPM/DDIM/PNDM."
     if s["prediction_type"] == "epsilon": x0, eps = (x - (1 - a_t) ** 0.5 * out) / a_t ** 0.5, out
     else: x0, eps = a_t ** 0.5 * x - (1 - a_t) ** 0.5 * out, a_t ** 0.5 * out + (1 - a_t) ** 0.5 * x
     return process_x0(x0, s), eps
@@ -241,11 +237,15 @@ def scale_input(x, sigma):
     "What the UNet sees for x = x0 + σε: x/√(σ²+1), back at unit variance (diffusers' `scale_model_input`)."
     return x / (sigma ** 2 + 1) ** 0.5
 
-def _after_step(callback, i, t, x, x0):
-    "Run the per-step callback; if it returns a tensor, that becomes the new x (inpainting blends this way)."
-    if callback is None: return x
-    y = callback(i, t, x, x0)
-    return x if y is None else y
+def _end_step(i, t, x, x0, callback=None, after_step=None):
+    """The end of step i. `after_step(i, t, x)` *replaces* x with what it returns (inpainting puts the known region back
+    this way); then `callback(i, t, x, x0)` *observes* the result (previews, progress bars) — its return is ignored."""
+    if after_step is not None:
+        x = after_step(i, t, x)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"after_step must return the new x (a tensor), got {type(x).__name__}; to only look, use callback")
+    if callback is not None: callback(i, t, x, x0)
+    return x
 
 # %% ../nbs/07_samplers.ipynb #3fd23449
 class GaussianMixture:
@@ -286,8 +286,8 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_proj: int = 128, seed
     return ((a.float() @ d).sort(0).values - (b.float() @ d).sort(0).values).abs().mean().item()
 
 # %% ../nbs/07_samplers.ipynb #6845ad45
-def sample_ddpm(model, x, plan: Plan, start: int = 0, generator=None, callback=None, **kw):
-    "DDPM ancestral sampling: x_{t'} ~ q(x_{t'} | x_t, x̂0), fresh noise at each step with t > 0."
+def sample_ddpm(model, x, plan: Plan, *, start: int = 0, generator=None, callback=None, after_step=None):
+    "DDPM ancestral sampling (Ho et al. 2020): x_{t'} ~ q(x_{t'} | x_t, x̂0) (DDPM eqs. 6–7), fresh noise at each step with t > 0."
     ac, ts = plan.alphas_cumprod, plan.timesteps
     for i in range(start, len(ts)):
         t = ts[i]
@@ -295,16 +295,16 @@ def sample_ddpm(model, x, plan: Plan, start: int = 0, generator=None, callback=N
         a_t, a_prev = ac[t], (ac[prev] if prev >= 0 else torch.tensor(1.0))
         x0, _ = vp_predict(model(x, t), x, a_t, plan.settings)
         beta = 1 - a_t / a_prev
-        x_new = (a_prev ** 0.5 * beta / (1 - a_t)) * x0 + ((a_t / a_prev) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x
+        x_new = (a_prev ** 0.5 * beta / (1 - a_t)) * x0 + ((a_t / a_prev) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x   # μ̃, eq. 7
         if t > 0:
-            var = torch.clamp((1 - a_prev) / (1 - a_t) * beta, min=1e-20)
-            x_new = x_new + var ** 0.5 * randn_like(x, generator)
-        x = _after_step(callback, i, t, x_new, x0)
+            var = torch.clamp((1 - a_prev) / (1 - a_t) * beta, min=1e-20)                           # β̃, eq. 7
+            x_new = x_new + var ** 0.5 * fresh_noise(x, generator)
+        x = _end_step(i, t, x_new, x0, callback, after_step)
     return x
 
 # %% ../nbs/07_samplers.ipynb #9b9b2116
-def sample_ddim(model, x, plan: Plan, start: int = 0, generator=None, callback=None, eta: float = 0.0, **kw):
-    "DDIM: jump to t' keeping the predicted ε; η scales the fresh noise (η = 0 deterministic, η = 1 ≈ DDPM)."
+def sample_ddim(model, x, plan: Plan, *, start: int = 0, eta: float = 0.0, generator=None, callback=None, after_step=None):
+    "DDIM (Song et al. 2021): jump to t' keeping the predicted ε (DDIM eq. 12); η scales the fresh noise (eq. 16: η = 0 deterministic, η = 1 ≈ DDPM)."
     ac, ts, s = plan.alphas_cumprod, plan.timesteps, plan.settings
     final = torch.tensor(1.0) if s["set_alpha_to_one"] else ac[0]
     for i in range(start, len(ts)):
@@ -312,15 +312,15 @@ def sample_ddim(model, x, plan: Plan, start: int = 0, generator=None, callback=N
         prev = t - s["num_train_timesteps"] // plan.steps
         a_t, a_prev = ac[t], (ac[prev] if prev >= 0 else final)
         x0, eps = vp_predict(model(x, t), x, a_t, s)
-        std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
-        x_new = a_prev ** 0.5 * x0 + (1 - a_prev - std ** 2) ** 0.5 * eps
-        if eta > 0: x_new = x_new + std * randn_like(x, generator)
-        x = _after_step(callback, i, t, x_new, x0)
+        std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5                        # σ_t(η), eq. 16
+        x_new = a_prev ** 0.5 * x0 + (1 - a_prev - std ** 2) ** 0.5 * eps                          # eq. 12
+        if eta > 0: x_new = x_new + std * fresh_noise(x, generator)
+        x = _end_step(i, t, x_new, x0, callback, after_step)
     return x
 
 # %% ../nbs/07_samplers.ipynb #218a682d
 def _pndm_transfer(x, t, t_prev, e, plan: Plan):
-    "PNDM's transfer step: x_t → x_{t_prev} with noise estimate e (algebraically a DDIM η=0 step)."
+    "PNDM's transfer step (PNDM eq. 9): x_t → x_{t_prev} with noise estimate e (algebraically a DDIM η=0 step)."
     ac, s = plan.alphas_cumprod, plan.settings
     a_t = ac[t]
     a_prev = ac[t_prev] if t_prev >= 0 else (torch.tensor(1.0) if s["set_alpha_to_one"] else ac[0])
@@ -340,8 +340,9 @@ def _prk_step(n, t, out, x, x_first, acc, ets, plan):
     else: e, acc = acc + out / 6, 0
     return _pndm_transfer(x_first, t_from, t_to, e, plan), x_first, acc, ets
 
-def sample_pndm(model, x, plan: Plan, start: int = 0, callback=None, **kw):
-    "PLMS: Adams–Bashforth on ε after an improved-Euler first step (skip_prk_steps), or after 3 Runge–Kutta steps."
+def sample_pndm(model, x, plan: Plan, *, start: int = 0, callback=None, after_step=None):
+    """PLMS (Liu et al. 2022): 4th-order Adams–Bashforth on ε fed to the transfer step (PNDM eq. 9), after an
+    improved-Euler first step (skip_prk_steps), or after 3 pseudo Runge–Kutta steps."""
     ts, ratio = plan.timesteps, plan.settings["num_train_timesteps"] // plan.steps
     n_prk = 0 if plan.settings["skip_prk_steps"] else 12
     ets, x_first, acc = [], None, 0
@@ -350,7 +351,7 @@ def sample_pndm(model, x, plan: Plan, start: int = 0, callback=None, **kw):
         out = model(x, t)
         if n < n_prk:
             x, x_first, acc, ets = _prk_step(n, t, out, x, x_first, acc, ets, plan)
-            x = _after_step(callback, i, t, x, None)
+            x = _end_step(i, t, x, None, callback, after_step)
             continue
         if n_prk == 0 and n == 1:                              # 2nd call of the first step: redo it with the mean slope
             t_from, t_to, e, x = t + ratio, t, (out + ets[-1]) / 2, x_first
@@ -361,23 +362,24 @@ def sample_pndm(model, x, plan: Plan, start: int = 0, callback=None, **kw):
             elif len(ets) == 2: e = (3 * ets[-1] - ets[-2]) / 2
             elif len(ets) == 3: e = (23 * ets[-1] - 16 * ets[-2] + 5 * ets[-3]) / 12
             else: e = (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4]) / 24
-        x = _after_step(callback, i, t, _pndm_transfer(x, t_from, t_to, e, plan), None)
+        x = _end_step(i, t, _pndm_transfer(x, t_from, t_to, e, plan), None, callback, after_step)
     return x
 
 # %% ../nbs/07_samplers.ipynb #997dbcb9
-def sample_euler(model, x, plan: Plan, start: int = 0, callback=None, **kw):
-    "Euler's method on dx/dσ = (x − x̂0)/σ."
+def sample_euler(model, x, plan: Plan, *, start: int = 0, callback=None, after_step=None):
+    "Euler's method on the probability-flow ODE dx/dσ = (x − x̂0)/σ (the Euler step of Karras et al. 2022, Alg. 1)."
     sig, ts = plan.sigmas, plan.timesteps
     for i in range(start, len(ts)):
         out = model(scale_input(x, sig[i]), ts[i])
         x32 = x.float()                                            # diffusers steps in float32, stores in the model's dtype
         x0 = sigma_predict(out, x32, sig[i], plan.settings)
         d = (x32 - x0) / sig[i]
-        x = _after_step(callback, i, ts[i], (x32 + d * (sig[i + 1] - sig[i])).to(out.dtype), x0)
+        x = _end_step(i, ts[i], (x32 + d * (sig[i + 1] - sig[i])).to(out.dtype), x0, callback, after_step)
     return x
 
-def sample_euler_a(model, x, plan: Plan, start: int = 0, generator=None, callback=None, **kw):
-    "Euler ancestral: deterministic Euler step down to σ_down, then fresh noise of std σ_up (drawn every step)."
+def sample_euler_a(model, x, plan: Plan, *, start: int = 0, generator=None, callback=None, after_step=None):
+    """Euler ancestral (k-diffusion's `sample_euler_ancestral`): Euler step down to σ_down, then fresh noise of std σ_up —
+    DDPM's posterior step (DDPM eq. 7) written in σ."""
     sig, ts = plan.sigmas, plan.timesteps
     for i in range(start, len(ts)):
         s_from, s_to = sig[i], sig[i + 1]
@@ -387,11 +389,11 @@ def sample_euler_a(model, x, plan: Plan, start: int = 0, generator=None, callbac
         s_up = (s_to ** 2 * (s_from ** 2 - s_to ** 2) / s_from ** 2) ** 0.5
         s_down = (s_to ** 2 - s_up ** 2) ** 0.5
         x_new = x32 + (x32 - x0) / s_from * (s_down - s_from)
-        x = _after_step(callback, i, ts[i], (x_new + randn_like(out, generator) * s_up).to(out.dtype), x0)
+        x = _end_step(i, ts[i], (x_new + fresh_noise(out, generator) * s_up).to(out.dtype), x0, callback, after_step)
     return x
 
-def sample_heun(model, x, plan: Plan, start: int = 0, callback=None, **kw):
-    "Heun's method (improved Euler): average the slopes at both ends of each step; the last step is Euler."
+def sample_heun(model, x, plan: Plan, *, start: int = 0, callback=None, after_step=None):
+    "Heun's method (Karras et al. 2022, Alg. 1): average the slopes at both ends of each step; the last step is Euler."
     sig, ts, s = plan.sigmas, plan.timesteps, plan.settings
     for i in range(start, (len(ts) + 1) // 2):                 # step i uses diffusers' entries 2i and 2i+1
         s_i, s_next, t = sig[2 * i], sig[2 * i + 1], ts[2 * i]
@@ -402,7 +404,7 @@ def sample_heun(model, x, plan: Plan, start: int = 0, callback=None, **kw):
             x2 = x + d * dt
             x0_2 = sigma_predict(model(scale_input(x2, s_next), ts[2 * i + 1]), x2, s_next, s)
             x_new = x + (d + (x2 - x0_2) / s_next) / 2 * dt
-        x = _after_step(callback, i, t, x_new, x0)
+        x = _end_step(i, t, x_new, x0, callback, after_step)
     return x
 
 def lms_coefficient(sigmas: torch.Tensor, order: int, i: int, k: int) -> float:
@@ -414,15 +416,16 @@ def lms_coefficient(sigmas: torch.Tensor, order: int, i: int, k: int) -> float:
     P = p.integ()
     return float(P(s[i + 1]) - P(s[i]))
 
-def sample_lms(model, x, plan: Plan, start: int = 0, callback=None, order: int = 4, **kw):
-    "Linear multistep in σ: integrate the polynomial through the last `order` slopes exactly over [σ_i, σ_{i+1}]."
+def sample_lms(model, x, plan: Plan, *, start: int = 0, order: int = 4, callback=None, after_step=None):
+    """Linear multistep in σ (k-diffusion's `sample_lms`; Adams–Bashforth with uneven steps): integrate the polynomial
+    through the last `order` slopes exactly over [σ_i, σ_{i+1}]."""
     sig, ts, ds = plan.sigmas, plan.timesteps, []
     for i in range(start, len(ts)):
         x0 = sigma_predict(model(scale_input(x, sig[i]), ts[i]), x, sig[i], plan.settings)
         ds = (ds + [(x - x0) / sig[i]])[-order:]
         cur = min(i + 1, order)                                # diffusers counts from step 0, even after a late start
         coeffs = [lms_coefficient(sig, cur, i, k) for k in range(cur)]
-        x = _after_step(callback, i, ts[i], x + sum(c * d for c, d in zip(coeffs, reversed(ds))), x0)
+        x = _end_step(i, ts[i], x + sum(c * d for c, d in zip(coeffs, reversed(ds))), x0, callback, after_step)
     return x
 
 # %% ../nbs/07_samplers.ipynb #85258ba4
@@ -436,8 +439,9 @@ def _lam(sigma):
     a, s = _vp(sigma)
     return torch.log(a) - torch.log(s)
 
-def sample_dpmpp_2m(model, x, plan: Plan, start: int = 0, callback=None, **kw):
-    "DPM-Solver++(2M): exact linear part in λ, x̂0 extrapolated from the last two predictions."
+def sample_dpmpp_2m(model, x, plan: Plan, *, start: int = 0, callback=None, after_step=None):
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2): exact linear part in λ, x̂0 extrapolated from the
+    last two predictions; the first step, with no history, is first order (= DDIM)."""
     sig, ts, s = plan.sigmas, plan.timesteps, plan.settings
     prev_x0 = None
     for i in range(start, len(ts)):
@@ -455,7 +459,7 @@ def sample_dpmpp_2m(model, x, plan: Plan, start: int = 0, callback=None, **kw):
                 r = (_lam(sig[i]) - _lam(sig[i - 1])) / h
                 x_new = x_new - 0.5 * (a_t * (torch.exp(-h) - 1.0)) * ((1.0 / r) * (x0 - prev_x0))
         prev_x0 = x0
-        x = _after_step(callback, i, ts[i], x_new.to(out.dtype), x0)
+        x = _end_step(i, ts[i], x_new.to(out.dtype), x0, callback, after_step)
     return x
 
 # %% ../nbs/07_samplers.ipynb #ccc55ec4
@@ -481,23 +485,24 @@ def add_noise_at(plan: Plan, x0: torch.Tensor, noise: torch.Tensor, step: int) -
     return x0 + noise * sigma
 
 def loop_steps(plan: Plan) -> int:
-    "How many times a sampler's loop (and its callback) runs: len(timesteps), or the number of Heun steps."
+    "How many times a sampler's loop (and its callbacks) runs: len(timesteps), or the number of Heun steps."
     return (len(plan.timesteps) + 1) // 2 if plan.order == 2 else len(plan.timesteps)
 
-def inpaint_callback(plan: Plan, init: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, callback=None):
-    """Callback for inpainting with a plain (4-channel) UNet: after step i, keep x where mask = 1 and put back the known
-    latents `init`, noised to step i+1's level, where mask = 0 (diffusers' StableDiffusionInpaintPipeline loop)."""
+def inpaint_blend(plan: Plan, init: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor):
+    """The `after_step` of inpainting with a plain (4-channel) UNet: after step i, keep x where mask = 1 and put back the
+    known latents `init`, re-noised to step i+1's level (clean after the last step), where mask = 0 — diffusers'
+    StableDiffusionInpaintPipeline loop."""
     last = loop_steps(plan) - 1
-    def cb(i, t, x, x0):
+    def blend(i, t, x):
         known = add_noise_at(plan, init, noise, i + 1) if i < last else init
-        x = (1 - mask) * known + mask * x
-        y = None if callback is None else callback(i, t, x, x0)
-        return x if y is None else y
-    return cb
+        return (1 - mask) * known + mask * x
+    return blend
+
+STOCHASTIC = ("ddpm", "ddim", "euler_a")     # the samplers that draw fresh noise, so take a `generator`
 
 def sample(model, noise: torch.Tensor, sampler: str = "pndm", steps: int = 50, config: dict | None = None,
            generator=None, eta: float = 0.0, *, init: torch.Tensor | None = None, strength: float = 1.0,
-           callback=None, dynamic_threshold: float | None = None, threshold_max: float = 1.0) -> torch.Tensor:
+           callback=None, after_step=None, dynamic_threshold: float | None = None, threshold_max: float = 1.0) -> torch.Tensor:
     "Denoise standard-normal `noise` into x0 latents with `sampler`, exactly as diffusers' scheduler loop would."
     plan = sampling_plan(sampler, steps, config)
     if dynamic_threshold is not None:
@@ -513,4 +518,6 @@ def sample(model, noise: torch.Tensor, sampler: str = "pndm", steps: int = 50, c
         x = add_noise_at(plan, init, noise, start)
     if x.device.type != "cpu":                                     # the model gets t on the latents' device, like diffusers'
         model = (lambda m: (lambda x, t: m(x, t.to(x.device))))(model)
-    return SAMPLER_FNS[sampler](model, x, plan, start=start, generator=generator, callback=callback, eta=eta)
+    extra = dict(generator=generator) if sampler in STOCHASTIC else {}
+    if sampler == "ddim": extra["eta"] = eta
+    return SAMPLER_FNS[sampler](model, x, plan, start=start, callback=callback, after_step=after_step, **extra)

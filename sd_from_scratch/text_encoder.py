@@ -4,13 +4,13 @@
 
 # %% ../nbs/04_text_encoder.ipynb #3a8a6b52
 from __future__ import annotations
-import json, math, re
+import math, re
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .vae import check_state_dict
+from .hub import check_state_dict, read_json, read_component_weights, write_json, write_weights   # lesson 00a
 
 # %% auto #0
 __all__ = ['SD1_TEXT_CONFIG', 'ACTIVATIONS', 'RE_ATTENTION', 'RE_BREAK', 'CHUNK', 'CLIPTextConfig', 'quick_gelu',
@@ -243,18 +243,8 @@ class CLIPTextModel(nn.Module):
 
 # %% ../nbs/04_text_encoder.ipynb #9f9d2ac8
 def _load_state_dict(path: Path, variant: str | None = None) -> dict:
-    from safetensors.torch import load_file
-    v = f".{variant}" if variant else ""
-    if (path / f"model{v}.safetensors").exists(): return load_file(path / f"model{v}.safetensors")
-    if (path / f"model{v}.safetensors.index.json").exists():
-        index = json.loads((path / f"model{v}.safetensors.index.json").read_text())
-        sd = {}
-        for shard in sorted(set(index["weight_map"].values())): sd.update(load_file(path / shard))
-        return sd
-    if (path / f"pytorch_model{v}.bin").exists():
-        return torch.load(path / f"pytorch_model{v}.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no weights in {path}: expected model{v}.safetensors (or a sharded index, or "
-                            f"pytorch_model{v}.bin); found {sorted(p.name for p in path.iterdir())}")
+    "A transformers folder's weights: model[.variant].safetensors, its shards, or pytorch_model.bin (lesson 00a's reader)."
+    return read_component_weights(path, "model", variant)
 
 def _to_hub_keys(sd: dict) -> dict:
     "Any CLIP text checkpoint's keys → `text_model.…` keys (drops vision tower, projections and position_ids buffers)."
@@ -275,21 +265,19 @@ def _from_pretrained(cls, path, subfolder: str | None = None, dtype: torch.dtype
     if not path.is_dir(): raise FileNotFoundError(f"{path} is not a folder")
     if not (path / "config.json").exists() and (path / "text_encoder" / "config.json").exists(): path = path / "text_encoder"
     if not (path / "config.json").exists(): raise FileNotFoundError(f"no config.json in {path}")
-    with torch.device("meta"): model = cls(json.loads((path / "config.json").read_text()))   # no random init: weights come next
+    with torch.device("meta"): model = cls(read_json(path / "config.json"))   # no random init: weights come next
     sd = _to_hub_keys(_load_state_dict(path, variant))
-    check_state_dict(model, sd, f"text encoder in {path}")     # lesson 02's strict check: every key, every shape
+    check_state_dict(model, sd, f"text encoder in {path}")     # lesson 00a's strict check: every key, every shape
     model.load_state_dict(sd, assign=True)                        # the checkpoint's tensors become the parameters
     return model.to(device=device, dtype=dtype or torch.float32).eval()
 
 def _save_pretrained(self, path) -> Path:
     "Write config.json + model.safetensors in the hub layout (🤗 transformers' `CLIPTextModel.from_pretrained` loads it)."
-    from safetensors.torch import save_file
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
     cfg = self.config.to_dict()
     cfg["torch_dtype"] = str(self.dtype).replace("torch.", "")
-    (path / "config.json").write_text(json.dumps(cfg, indent=2))
-    save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
-              path / "model.safetensors", metadata={"format": "pt"})
+    write_json(path / "config.json", cfg)
+    write_weights(self.state_dict(), path / "model.safetensors")
     return path
 
 CLIPTextModel.from_pretrained = _from_pretrained

@@ -499,7 +499,7 @@ def partial_caption(digit: int, colour: str, background: str, keep=(True, True, 
 
 class BucketToyDataset:
     """Toy digits (32×32) placed at a random spot of canvases of several shapes (`buckets`, (W, H)). `ds[i]` →
-    (3×H×W in [−1, 1], full caption); `.sizes` and `.bucket_ids` are what lesson 14's `BucketBatchSampler` needs."""
+    (3×H×W in [−1, 1], full caption); `.sizes` and `.bucket_ids` are what lesson 10b's `BucketBatchSampler` needs."""
     def __init__(self, masks, labels, buckets=BUCKETS, weights=BUCKET_WEIGHTS, repeats: int = 2, seed: int = 0):
         g = torch.Generator().manual_seed(seed_from_toy(seed, "buckets"))
         self.masks, self.buckets = masks, [tuple(b) for b in buckets]
@@ -540,7 +540,7 @@ def bucket_toy_dataset(split: str = "train", repeats: int = 2, seed: int = 0, bu
 from .training import Trainer as _Trainer
 
 class ToyTrainer(_Trainer):
-    """Lesson 11's `Trainer` on a `BucketToyDataset`: every micro-batch is one bucket of lesson 14's
+    """Lesson 11's `Trainer` on a `BucketToyDataset`: every micro-batch is one bucket of lesson 10b's
     `BucketBatchSampler` (one shape per batch), and its captions drop each attribute independently with
     probability `p_drop` (then the Trainer's `cond_drop` share becomes ""). Everything else — loss, EMA,
     checkpoints, resuming, data-parallel processes — is the Trainer's."""

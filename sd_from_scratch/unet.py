@@ -17,8 +17,8 @@ from .vae import check_state_dict
 __all__ = ['UNET_DEFAULTS', 'SD15_UNET_CONFIG', 'SD15_INPAINT_UNET_CONFIG', 'SD21_UNET_CONFIG', 'timestep_embedding',
            'TimestepEmbedding', 'norm_silu', 'ResnetBlock2D', 'Downsample2D', 'Upsample2D', 'GEGLU', 'FeedForward',
            'BasicTransformerBlock', 'Transformer2DModel', 'DownBlock2D', 'UpBlock2D', 'UNetMidBlock2DCrossAttn',
-           'ConfigDict', 'resolve_unet_config', 'tiny_unet_config', 'UNet2DConditionModel', 'load_state_dict_file',
-           'load_strict', 'count_params', 'param_table']
+           'ConfigDict', 'resolve_unet_config', 'tiny_unet_config', 'UNet2DConditionModel', 'load_strict',
+           'count_params', 'param_table', 'load_state_dict_file']
 
 # %% ../nbs/06_unet.ipynb #e5606c5d
 def timestep_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0,
@@ -451,21 +451,8 @@ class UNet2DConditionModel(nn.Module):
         return path
 
 # %% ../nbs/06_unet.ipynb #df4a6e30
-def load_state_dict_file(folder, stem: str = "diffusion_pytorch_model", variant: str | None = None) -> dict:
-    "Read `stem[.variant].safetensors` (or its sharded index, or `stem[.variant].bin`) from `folder` → CPU state dict."
-    from safetensors.torch import load_file
-    folder, v = Path(folder), (f".{variant}" if variant else "")
-    st, binf = folder / f"{stem}{v}.safetensors", folder / f"{stem}{v}.bin"
-    idx = [p for p in (folder / f"{stem}.safetensors.index{v}.json", folder / f"{stem}{v}.safetensors.index.json") if p.exists()]
-    if st.exists(): return load_file(str(st))
-    if idx:
-        sd = {}
-        for shard in sorted(set(json.loads(idx[0].read_text())["weight_map"].values())): sd.update(load_file(str(folder / shard)))
-        return sd
-    if binf.exists(): return torch.load(binf, map_location="cpu", weights_only=True)
-    have = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
-    hint = "; pass variant='fp16' to load the fp16 files" if any(".fp16." in h for h in have) and not variant else ""
-    raise FileNotFoundError(f"no {st.name} (nor a sharded or .bin version) in {folder}; weight files there: {have}{hint}")
+from .hub import read_component_weights as load_state_dict_file   # lesson 00a reads weight folders
+_all_ = ['load_state_dict_file']
 
 def load_strict(model: nn.Module, sd: dict, dtype: torch.dtype | None = None) -> nn.Module:
     "Assign `sd` to `model` (may be on meta) by name, casting floats to `dtype`; on any mismatch list the keys (lesson 02)."

@@ -4,17 +4,19 @@
 
 # %% ../nbs/02_vae.ipynb #e05f693e
 from __future__ import annotations
-import json, math
+import math
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from .hub import Config, check_state_dict, read_json, read_component_weights, write_json, write_weights   # lesson 00a
+_all_ = ['Config', 'check_state_dict']   # re-exported for code that still imports them from here
 
 # %% auto #0
 __all__ = ['SD_VAE_CONFIG', 'ResnetBlock', 'Downsample', 'upsample_conv', 'Upsample', 'AttnBlock', 'MidBlock', 'DownEncoderBlock',
-           'UpDecoderBlock', 'Encoder', 'Decoder', 'randn_tensor', 'DiagonalGaussian', 'Config', 'check_state_dict',
-           'convert_old_attention_keys', 'AutoencoderKL', 'VectorQuantizer', 'FeatureNet', 'perceptual_loss',
-           'PatchDiscriminator', 'hinge_d_loss', 'vae_loss', 'disc_loss', 'random_crops', 'train_vae']
+           'UpDecoderBlock', 'Encoder', 'Decoder', 'randn_tensor', 'DiagonalGaussian', 'convert_old_attention_keys',
+           'AutoencoderKL', 'VectorQuantizer', 'FeatureNet', 'perceptual_loss', 'PatchDiscriminator', 'hinge_d_loss',
+           'vae_loss', 'disc_loss', 'random_crops', 'train_vae', 'Config', 'check_state_dict']
 
 # %% ../nbs/02_vae.ipynb #80efa427
 def _silu(x: torch.Tensor) -> torch.Tensor:
@@ -221,33 +223,6 @@ _DEFAULTS = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBl
                  sample_size=32, scaling_factor=0.18215, shift_factor=None, latents_mean=None, latents_std=None,
                  force_upcast=True, use_quant_conv=True, use_post_quant_conv=True, mid_block_add_attention=True)
 
-class Config(dict):
-    "A dict whose keys can also be read as attributes (`vae.config.scaling_factor`, as in diffusers)."
-    def __getattr__(self, k):
-        try: return self[k]
-        except KeyError: raise AttributeError(k) from None
-
-def _fmt_keys(keys, n=8):
-    keys = sorted(keys)
-    return ", ".join(keys[:n]) + (f", … ({len(keys) - n} more)" if len(keys) > n else "")
-
-def check_state_dict(model, state_dict: dict, what: str = "model", ignore: tuple = ()):
-    """Raise one clear ValueError unless `state_dict` fits `model` (a module, or its state dict) exactly: it lists the
-    missing keys, the unexpected keys and the shape mismatches. Keys ending in one of `ignore` may be missing.
-    Every later lesson that loads weights (text encoder, UNet, whole pipelines) checks with this function."""
-    own = model.state_dict() if isinstance(model, nn.Module) else model
-    missing = [k for k in own if k not in state_dict and not k.endswith(tuple(ignore))]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
-    if missing or unexpected or shapes:
-        msg = [f"the weights do not fit the {what}:"]
-        if missing: msg.append(f"  missing keys ({len(missing)}): {_fmt_keys(missing)}")
-        if unexpected: msg.append(f"  unexpected keys ({len(unexpected)}): {_fmt_keys(unexpected)}")
-        if shapes: msg.append(f"  shape mismatches ({len(shapes)}): {'; '.join(shapes[:5])}")
-        msg.append("  Check that config.json belongs to these weights (and that the file is complete).")
-        raise ValueError("\n".join(msg))
-
 _OLD_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 def convert_old_attention_keys(sd: dict) -> dict:
@@ -358,16 +333,6 @@ def _find_vae_folder(path: Path, subfolder: str | None) -> Path:
                                 f"(config.json + diffusion_pytorch_model.safetensors) or a pipeline folder with vae/")
     return path
 
-def _load_weights(folder: Path, variant: str | None = None) -> dict:
-    stems = ([f"diffusion_pytorch_model.{variant}"] if variant else []) + ["diffusion_pytorch_model"]
-    for stem in stems:
-        if (folder / f"{stem}.safetensors").exists():
-            from safetensors.torch import load_file
-            return load_file(str(folder / f"{stem}.safetensors"))
-        if (folder / f"{stem}.bin").exists():
-            return torch.load(folder / f"{stem}.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no weights in {folder}: expected diffusion_pytorch_model.safetensors (or .bin)")
-
 @torch.no_grad()
 def _load_into(self, state_dict: dict, what: str | None = None):
     "Copy `state_dict` (diffusers names) into the model after a strict key/shape check."
@@ -386,23 +351,21 @@ def _from_pretrained(cls, path, subfolder: str | None = None, dtype: torch.dtype
                      device=None, variant: str | None = None) -> AutoencoderKL:
     "Read a diffusers `AutoencoderKL` folder (config.json + diffusion_pytorch_model.safetensors)."
     folder = _find_vae_folder(path, subfolder)
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")
     if config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
         raise ValueError(f"{folder}/config.json describes a {config['_class_name']}, not an AutoencoderKL")
     with torch.device("meta"): model = cls.from_config(config)      # no time wasted on random init
     model = model.to_empty(device="cpu")
-    model.load_weights(_load_weights(folder, variant), what=f"AutoencoderKL in {folder}")
+    model.load_weights(read_component_weights(folder, variant=variant), what=f"AutoencoderKL in {folder}")
     return model.to(device=device, dtype=dtype).eval()
 
 def _save_pretrained(self, path, safe_serialization: bool = True):
     "Write config.json + diffusion_pytorch_model.safetensors, the folder format diffusers reads."
-    from safetensors.torch import save_file
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
     cfg = {"_class_name": "AutoencoderKL", "_diffusers_version": "0.42.1",
            **{k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()}}
-    (path / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-    save_file(sd, str(path / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    write_json(path / "config.json", dict(sorted(cfg.items())))
+    write_weights(self.state_dict(), path / "diffusion_pytorch_model.safetensors")
     return path
 
 AutoencoderKL.load_weights = _load_into

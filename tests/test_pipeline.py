@@ -478,3 +478,28 @@ def test_prompt_weighting_reaches_the_unet(one_thread):
         elif kind == "img2img": pipe.img2img(long, plain[0], strength=0.5, prompt_weighting=True, **kw)
         else: pipe.inpaint(long, plain[0], np.ones((32, 32), np.float32), prompt_weighting=True, **kw)
         assert seen and set(seen) == {154}, (kind, seen)
+
+
+def test_one_home_per_idea(tiny):
+    "Issue 17: the pipeline's methods live in its lesson (class body or @patch), CFG is lesson 08's and re-noising lesson 07's."
+    import inspect, re
+    import sd_from_scratch.pipeline as P
+    from sd_from_scratch.guidance import cfg_model
+    src = inspect.getsource(P)
+    assert not re.search(r"^StableDiffusion\.\w+\s*=", src, re.M), "methods attached after the class"
+    assert "eps_uncond + " not in src and "cfg_combine(" not in src                     # the CFG formula is not re-written
+    assert "add_noise_at" not in src                                                     # nor the inpaint re-noising
+    d, ref, ours = tiny
+    ctx = ours.encode_prompt("a red 3", "blue", guidance=True)
+    x, t = torch.randn(1, 4, H // 8, W // 8, generator=gen(1)), torch.tensor(500)
+    want = cfg_model(lambda x_, t_, c: ours.unet(x_, t_, c), ctx[1:], ctx[:1], 7.5, 0.7)(x, t)
+    assert torch.equal(ours._eps_model(ctx, 7.5, 0.7)(x, t), want)
+
+
+def test_callback_observes_only(tiny):
+    "A user callback that returns a tensor does not change the image (it only observes; after_step is the hook that replaces)."
+    d, ref, ours = tiny
+    kw = dict(height=H, width=W, steps=3, sampler="ddim", seed=0, output_type="latent")
+    assert torch.equal(ours("a", callback=lambda i, t, x: torch.zeros_like(x), **kw), ours("a", **kw))
+    with pytest.raises(TypeError):
+        ours("a", guidance_scael=3.0, **kw)                                              # a misspelt keyword is an error

@@ -113,9 +113,17 @@ def test_generator_list_and_callback():
     ours = sample(model, NOISE, "euler_a", 5, SD, generator=gens(), callback=lambda i, t, x, x0: seen.append((i, float(t))))
     assert (ours - x).abs().max().item() <= 1e-4
     assert [i for i, _ in seen] == list(range(5)) and seen[0][1] == 801.0
-    # a callback that returns a tensor replaces x
-    out = sample(model, NOISE, "ddim", 5, SD, callback=lambda i, t, x, x0: torch.zeros_like(x))
+    # a callback only observes: what it returns is ignored; `after_step` is the hook that replaces x
+    plain = sample(model, NOISE, "ddim", 5, SD)
+    assert torch.equal(sample(model, NOISE, "ddim", 5, SD, callback=lambda i, t, x, x0: torch.zeros_like(x)), plain)
+    out = sample(model, NOISE, "ddim", 5, SD, after_step=lambda i, t, x: torch.zeros_like(x))
     assert out.abs().max() == 0
+    order = []
+    sample(model, NOISE, "ddim", 2, SD, after_step=lambda i, t, x: order.append(("after", i)) or x,
+           callback=lambda i, t, x, x0: order.append(("cb", i)))
+    assert order == [("after", 0), ("cb", 0), ("after", 1), ("cb", 1)]       # the callback sees the replaced x
+    with pytest.raises(TypeError, match="after_step must return the new x"):
+        sample(model, NOISE, "ddim", 2, SD, after_step=lambda i, t, x: None)
 
 
 def test_errors():
@@ -132,6 +140,17 @@ def test_errors():
         sample(model, NOISE, "ddim", 5, {**SD, "rescale_betas_zero_snr": True})
     with pytest.raises(ValueError, match="strength must be in"):
         img2img_start(10, 1.5)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_misspelt_keyword_is_an_error(name):
+    "Samplers take explicit keywords (no catch-all **kw): a misspelt one is a TypeError, not silently ignored."
+    from sd_from_scratch.samplers import SAMPLER_FNS
+    plan = sampling_plan(name, 3, SD)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        SAMPLER_FNS[name](model, NOISE, plan, strat=1)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        sample(model, NOISE, name, 3, SD, call_back=print)
 
 
 def test_timesteps_public_helpers():
@@ -154,9 +173,9 @@ def test_toy_error_shrinks_with_steps():
 
 
 @pytest.mark.parametrize("name", ["pndm", "ddim", "euler", "euler_a", "lms", "dpmpp_2m"])
-def test_inpaint_callback_matches_diffusers_loop(name):
+def test_inpaint_blend_matches_diffusers_loop(name):
     "diffusers' StableDiffusionInpaintPipeline loop for a 4-channel UNet at strength 1 (noise * init_noise_sigma)."
-    from sd_from_scratch.samplers import inpaint_callback
+    from sd_from_scratch.samplers import inpaint_blend
     steps = 8
     init = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(7))
     mask = (torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(8)) > 0.5).float()
@@ -175,7 +194,7 @@ def test_inpaint_callback_matches_diffusers_loop(name):
             x = (1 - mask) * known + mask * x
     plan = sampling_plan(name, steps, SD)
     ours = sample(model, NOISE, name, steps, SD, generator=torch.Generator().manual_seed(9),
-                  callback=inpaint_callback(plan, init, NOISE, mask))
+                  after_step=inpaint_blend(plan, init, NOISE, mask))
     assert (ours - x).abs().max().item() <= 1e-4
 
 

@@ -5,7 +5,7 @@
 # %% ../../nbs/exercises/graders/guidance.ipynb #f6abe3e4
 from __future__ import annotations
 import torch
-from .grading import ExerciseError, compare, run_check, passed, try_check
+from .grading import compare, run_check, passed
 from ..guidance import cfg_combine
 from ..samplers import dynamic_threshold as ref_dynamic_threshold
 

@@ -6,8 +6,7 @@
 from __future__ import annotations
 from functools import lru_cache
 import torch
-import torch.nn.functional as F
-from .grading import ExerciseError, compare, run_check, passed, try_check
+from .grading import ExerciseError, compare, run_check, passed
 from .measure import toy_pipe, toy_accuracy, measure_prompts, check_band, digit_classifier
 from ..toy import caption, read_images, COLOURS
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import dataclasses
 import torch
-from .grading import ExerciseError, compare, run_check, passed, try_check
+from .grading import compare, run_check, passed
 from ..samplers import sampling_plan, sample_ddim, sample_euler
 
 # %% auto #0
