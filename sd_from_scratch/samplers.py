@@ -13,7 +13,7 @@ from .vae import randn_tensor
 
 # %% auto #0
 __all__ = ['SAMPLERS', 'SD_V1_SCHEDULER_CONFIG', 'DIFFUSERS_DEFAULTS', 'SAMPLER_FNS', 'STOCHASTIC', 'check_sampler',
-           'sampler_settings', 'default_sampler', 'sigma_to_t', 'Plan', 'sampling_plan', 'timesteps', 'fresh_noise',
+           'sampler_settings', 'default_sampler', 'sigma_to_t', 'Plan', 'sampling_plan', 'timesteps',
            'dynamic_threshold', 'process_x0', 'vp_predict', 'sigma_predict', 'scale_input', 'GaussianMixture',
            'sliced_wasserstein', 'sample_ddpm', 'sample_ddim', 'sample_pndm', 'sample_euler', 'sample_euler_a',
            'sample_heun', 'lms_coefficient', 'sample_lms', 'sample_dpmpp_2m', 'img2img_start', 'add_noise_at',
@@ -204,10 +204,6 @@ def timesteps(sampler: str, steps: int = 50, config: dict | None = None) -> torc
     return sampling_plan(sampler, steps, config).timesteps
 
 # %% ../nbs/07_samplers.ipynb #76e5f1e4
-def fresh_noise(x: torch.Tensor, generator=None) -> torch.Tensor:
-    "Standard normal noise shaped like x, drawn by lesson 02's `randn_tensor` (diffusers' order: a CPU generator draws on the CPU)."
-    return randn_tensor(x.shape, generator, x.device, x.dtype)
-
 def dynamic_threshold(x0: torch.Tensor, ratio: float = 0.995, max_value: float = 1.0) -> torch.Tensor:
     "Imagen's dynamic thresholding (Saharia et al. 2022, §2.3): s = ratio-quantile of |x0| per sample, kept in [1, max_value]; x0 → clamp(x0, ±s)/s."
     b, dtype = x0.shape[0], x0.dtype
@@ -298,7 +294,7 @@ def sample_ddpm(model, x, plan: Plan, *, start: int = 0, generator=None, callbac
         x_new = (a_prev ** 0.5 * beta / (1 - a_t)) * x0 + ((a_t / a_prev) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x   # μ̃, eq. 7
         if t > 0:
             var = torch.clamp((1 - a_prev) / (1 - a_t) * beta, min=1e-20)                           # β̃, eq. 7
-            x_new = x_new + var ** 0.5 * fresh_noise(x, generator)
+            x_new = x_new + var ** 0.5 * randn_tensor(x.shape, generator, x.device, x.dtype)
         x = _end_step(i, t, x_new, x0, callback, after_step)
     return x
 
@@ -314,7 +310,7 @@ def sample_ddim(model, x, plan: Plan, *, start: int = 0, eta: float = 0.0, gener
         x0, eps = vp_predict(model(x, t), x, a_t, s)
         std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5                        # σ_t(η), eq. 16
         x_new = a_prev ** 0.5 * x0 + (1 - a_prev - std ** 2) ** 0.5 * eps                          # eq. 12
-        if eta > 0: x_new = x_new + std * fresh_noise(x, generator)
+        if eta > 0: x_new = x_new + std * randn_tensor(x.shape, generator, x.device, x.dtype)
         x = _end_step(i, t, x_new, x0, callback, after_step)
     return x
 
@@ -389,7 +385,7 @@ def sample_euler_a(model, x, plan: Plan, *, start: int = 0, generator=None, call
         s_up = (s_to ** 2 * (s_from ** 2 - s_to ** 2) / s_from ** 2) ** 0.5
         s_down = (s_to ** 2 - s_up ** 2) ** 0.5
         x_new = x32 + (x32 - x0) / s_from * (s_down - s_from)
-        x = _end_step(i, ts[i], (x_new + fresh_noise(out, generator) * s_up).to(out.dtype), x0, callback, after_step)
+        x = _end_step(i, ts[i], (x_new + randn_tensor(out.shape, generator, out.device, out.dtype) * s_up).to(out.dtype), x0, callback, after_step)
     return x
 
 def sample_heun(model, x, plan: Plan, *, start: int = 0, callback=None, after_step=None):
