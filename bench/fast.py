@@ -6,7 +6,7 @@ on an SD v1.5-sized pipeline (random weights, saved by diffusers with save_pretr
 shipped toy model. Same prompt, seed, sampler (DPM++ 2M), steps and threads. Each round runs every configuration
 once (interleaved, so background load hits all alike); we report the median wall time of the rounds and ratios.
 usage: python bench/fast.py [--size 256] [--steps 10] [--rounds 3] [--threads 2] [--skip-sd15] [--skip-toy]"""
-import argparse, json, sys, tempfile, time, warnings
+import argparse, json, resource, sys, tempfile, time, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ ap.add_argument("--fp32-rounds", type=int, default=None, help="rounds of the (sl
 ap.add_argument("--toy-rounds", type=int, default=7)
 ap.add_argument("--skip-fp32", action="store_true", help="only the bf16 configurations (the fp32 pair is the slow part)")
 ap.add_argument("--no-context", action="store_true", help="skip the plain-bf16 context runs")
+ap.add_argument("--no-same-work", action="store_true", help="skip ours bf16 + DeepCache(3, 0) (the same work as diffusers')")
 ap.add_argument("--skip-sd15", action="store_true"); ap.add_argument("--skip-toy", action="store_true")
 ap.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "sdfs_bench_sd15_random"))
 ap.add_argument("--json", default=None, help="also write the results here")
@@ -65,8 +66,18 @@ def share(ref_module, ours_module):
     ref_module.load_state_dict(sd, strict=True, assign=True)
 
 
-def timed(fn):
-    t = time.perf_counter(); out = fn(); return time.perf_counter() - t, out
+def cpu_s():
+    "CPU seconds this process has used (all threads): on a shared, overloaded machine it drifts far less than wall time."
+    r = resource.getrusage(resource.RUSAGE_SELF); return r.ru_utime + r.ru_stime
+
+
+CPU = {}                                                                 # configuration → CPU seconds of each run
+
+
+def timed(fn, key=None):
+    t, c = time.perf_counter(), cpu_s(); out = fn(); dt = time.perf_counter() - t
+    if key is not None: CPU.setdefault(key, []).append(cpu_s() - c)
+    return dt, out
 
 
 def bench(name, folder, size, steps, rounds, sd15, fp32_rounds=None):
@@ -107,7 +118,7 @@ def bench(name, folder, size, steps, rounds, sd15, fp32_rounds=None):
         t, out = {"ours fp32": [], "diffusers fp32": []}, {}
         for _ in range(0 if args.skip_fp32 else (fp32_rounds or rounds)):
             for k, fn in (("ours fp32", run_ours), ("diffusers fp32", run_ref)):
-                dt, out[k] = timed(fn); t[k].append(dt)
+                dt, out[k] = timed(fn, k); t[k].append(dt)
         fp32_delta = float(np.abs(out["ours fp32"] - out["diffusers fp32"]).max()) if out else float("nan")
         rows.update(t)
         # bf16: ours keeps its VAE in fp32 unless fast sampling decodes in bf16; diffusers casts everything
@@ -123,10 +134,12 @@ def bench(name, folder, size, steps, rounds, sd15, fp32_rounds=None):
         for r in range(rounds):
             for k, fn in cfgs:
                 if k in ("diffusers bf16", "ours bf16") and (args.no_context or sd15 and r > 0): continue   # context: one run
-                dt, out[k] = timed(fn); t[k].append(dt)
-                print(f"  {k}: {dt:.2f} s", flush=True)
-                if args.json: Path(args.json + ".partial").write_text(json.dumps({k: v for k, v in t.items()}))
-        dc_delta = float(np.abs(out["ours bf16 + DeepCache"] - out["diffusers bf16 + DeepCache"]).max())
+                if k == "ours bf16 + DeepCache" and args.no_same_work: continue
+                dt, out[k] = timed(fn, k); t[k].append(dt)
+                print(f"  {k}: {dt:.2f} s wall, {CPU[k][-1]:.2f} s CPU", flush=True)
+                if args.json: Path(args.json + ".partial").write_text(json.dumps({"wall": t, "cpu": CPU}))
+        dc_delta = (float(np.abs(out["ours bf16 + DeepCache"] - out["diffusers bf16 + DeepCache"]).max())
+                    if "ours bf16 + DeepCache" in out else float("nan"))
         bf16_delta = float(np.abs(out["ours bf16"] - out["diffusers bf16"]).max()) if "ours bf16" in out else float("nan")
         fast_delta = float(np.abs(out["ours bf16 + fast sampling"] - out["diffusers bf16 + DeepCache"]).max())
         rows.update({k: v for k, v in t.items() if v})
@@ -139,20 +152,30 @@ def bench(name, folder, size, steps, rounds, sd15, fp32_rounds=None):
           f"CFG 7.5, {torch.get_num_threads()} threads; median of {rounds} interleaved rounds")
     print(f"max |Δ| on [0,1] images, ours vs diffusers: fp32 {fp32_delta:.1e}; both bf16 {bf16_delta:.1e} (ours decodes in "
           f"fp32); both bf16 + DeepCache(3, 0) {dc_delta:.1e}; ours fast vs diffusers bf16 + DeepCache {fast_delta:.1e}")
+    # per-round ratios to the same round's diffusers bf16 + DeepCache run (interleaved: each pair saw the same load)
+    ref_runs = rows["diffusers bf16 + DeepCache"]
+    per_round = {k: [a / b for a, b in zip(v, ref_runs)] for k, v in rows.items() if len(v) == len(ref_runs)}
+    cpu = {k: v for k, v in CPU.items() if k in rows}
+    cpu_ratio = {k: [a / b for a, b in zip(v, cpu["diffusers bf16 + DeepCache"])] for k, v in cpu.items()
+                 if len(v) == len(cpu["diffusers bf16 + DeepCache"])}
     print(f"{'configuration':30s} {'median s':>8s} {'/ diffusers fp32':>17s} {'/ diffusers bf16+DC':>20s} "
-          f"{'best-of ratio':>14s}   runs (s)")
+          f"{'per-round ratios':>22s} {'CPU s':>7s} {'CPU ratios':>18s}   runs (s)")
     for k, v in med.items():
-        print(f"{k:30s} {v:8.2f} {v / base:17.2f} {v / dcb:20.2f} {best[k] / best['diffusers bf16 + DeepCache']:14.2f}   "
+        pr = ' '.join(f'{x:.2f}' for x in per_round.get(k, []))
+        cr = ' '.join(f'{x:.2f}' for x in cpu_ratio.get(k, []))
+        print(f"{k:30s} {v:8.2f} {v / base:17.2f} {v / dcb:20.2f} {pr:>22s} {np.median(cpu[k]):7.2f} {cr:>18s}   "
               f"{' '.join(f'{x:.2f}' for x in rows[k])}")
-    results[name] = {"median_s": med, "best_s": best, "runs": rows, "fp32_max_delta": fp32_delta, "dc_bf16_max_delta": dc_delta,
+    results[name] = {"median_s": med, "best_s": best, "runs": rows, "cpu_s": cpu, "per_round_ratio": per_round,
+                     "cpu_ratio": cpu_ratio, "fp32_max_delta": fp32_delta, "dc_bf16_max_delta": dc_delta,
                      "fast_vs_dc_max_delta": fast_delta, "bf16_max_delta": bf16_delta, "size": size, "steps": steps, "threads": torch.get_num_threads()}
-    del ours, ref
+
 
 
 if not args.skip_sd15:
     folder = build_sd15(Path(args.folder))
     bench("SD v1.5-sized (random weights)", folder, args.size, args.steps, args.rounds, True, args.fp32_rounds)
 if not args.skip_toy:
+    CPU.clear()
     from sd_from_scratch.toy import default_model_path
     torch.set_num_threads(1)                 # a 1.4 M-parameter UNet gains nothing from a second (shared) thread
     bench("toy model (data/tiny-sd)", default_model_path(), 32, args.steps, args.toy_rounds, False)

@@ -8,7 +8,6 @@ import json, math, pickle
 from pathlib import Path
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from fastcore.basics import patch
 from .pipeline import StableDiffusion
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_cli.ipynb #93c68f43
 from __future__ import annotations
-import argparse, contextlib, math, os, re, sys, tempfile, warnings
+import argparse, contextlib, os, re, sys, tempfile, warnings
 from pathlib import Path
 
 # %% auto #0
@@ -294,7 +294,6 @@ def _settings(a, kind: str) -> dict:
 
 def run(a, kind: str = "txt2img") -> list[Path]:
     "Run one `generate`/`img2img`/`inpaint` command from parsed arguments; returns the written paths."
-    from PIL import Image
     p = _settings(a, kind)
     if kind != "txt2img" and not Path(a.image).exists(): raise FileNotFoundError(f"--image {a.image} does not exist")
     if kind == "inpaint" and not Path(a.mask).exists(): raise FileNotFoundError(f"--mask {a.mask} does not exist")
@@ -412,7 +411,8 @@ def _main(argv: list[str]) -> int:
             with contextlib.suppress(FileNotFoundError): os.environ["SDFS_TINY_SD"] = str(shipped("tiny-sd"))
         if argv[0] == "train":
             from sd_from_scratch.training import cli_main
-            return _guard(lambda: cli_main(argv[1:]), debug)
+            from sd_from_scratch.toy import toy_dataset                       # `--data toy`: the toy world of lesson 12
+            return _guard(lambda: cli_main(argv[1:], datasets={"toy": toy_dataset}), debug)
         return _guard(lambda: (sweep(argv[1:]), 0)[1], debug)
     a = build_parser().parse_args(argv)
     if a.command is None:

@@ -4,18 +4,18 @@
 
 # %% ../nbs/04_text_encoder.ipynb #3a8a6b52
 from __future__ import annotations
-import json, math, re
+import re
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .vae import check_state_dict
+from .hub import check_state_dict, read_json, read_component_weights, write_json, write_weights   # lesson 00a
 
 # %% auto #0
 __all__ = ['SD1_TEXT_CONFIG', 'ACTIVATIONS', 'RE_ATTENTION', 'RE_BREAK', 'CHUNK', 'CLIPTextConfig', 'quick_gelu',
-           'CLIPTextEmbeddings', 'causal_mask', 'naive_attention', 'CLIPAttention', 'text_attention_mask', 'CLIPMLP',
-           'CLIPEncoderLayer', 'CLIPEncoder', 'CLIPTextOutput', 'CLIPTextTransformer', 'CLIPTextModel',
+           'CLIPTextEmbeddings', 'causal_mask', 'attention_naive', 'CLIPAttention', 'text_attention_mask', 'CLIPMLP',
+           'CLIPEncoderLayer', 'CLIPEncoder', 'CLIPTextOutput', 'CLIPTextTransformer', 'pooled_eos', 'CLIPTextModel',
            'parse_prompt_attention', 'prompt_chunks', 'chunk_count', 'encode_weighted']
 
 # %% ../nbs/04_text_encoder.ipynb #6c75d3b9
@@ -90,11 +90,21 @@ def causal_mask(L: int, device=None) -> torch.Tensor:
     "L×L boolean mask, True where query i may attend to key j (j ≤ i)."
     return torch.ones(L, L, dtype=torch.bool, device=device).tril()
 
-def naive_attention(q, k, v, mask=None):
-    "softmax(q·kᵀ/√d + mask)·v for q, k, v of shape B×heads×L×d; `mask` boolean (True = attend), broadcastable."
-    w = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])             # B×h×L×L
-    if mask is not None: w = w.masked_fill(~mask, float("-inf"))
-    return w.softmax(-1) @ v                                          # B×h×L×d
+def attention_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                    scale: float | None = None, return_weights: bool = False, upcast: bool = False):
+    """softmax(q kᵀ · scale + mask) v, written out. q: …×N×d, k: …×M×d, v: …×M×dv → …×N×dv.
+    `scale` defaults to 1/√d; `mask` (additive float, or bool where True = keep) broadcasts to …×N×M.
+    `upcast=True` computes scores and softmax in float32 (what SD 2.x's `upcast_attention` asks for in fp16)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    dtype = q.dtype
+    if upcast: q, k = q.float(), k.float()
+    scores = (q * scale) @ k.transpose(-1, -2)                                    # …×N×M
+    if mask is not None:
+        if mask.dtype == torch.bool: scores = scores.masked_fill(~mask, float("-inf"))
+        else: scores = scores + mask.to(scores.dtype)
+    w = scores.softmax(dim=-1).to(dtype)                                          # …×N×M, rows sum to 1
+    out = w @ v                                                                   # …×N×dv
+    return (out, w) if return_weights else out
 
 # %% ../nbs/04_text_encoder.ipynb #20658e9e
 class CLIPAttention(nn.Module):
@@ -167,6 +177,14 @@ class CLIPTextTransformer(nn.Module):
             if keep_hidden: hidden.append(x)
         return x, (tuple(hidden) if keep_hidden else None)
 
+# %% ../nbs/04_text_encoder.ipynb #5310f9e2
+def pooled_eos(hidden: torch.Tensor, input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """B×L×D hidden states, B×L ids → B×D: the state at each row's end-of-text token. transformers' rule: the first
+    `eos_token_id` in the row, or, for old configs that say `eos_token_id=2`, the position of the largest id."""
+    if eos_token_id == 2: pos = input_ids.argmax(-1)
+    else: pos = (input_ids == eos_token_id).int().argmax(-1)
+    return hidden[torch.arange(len(input_ids), device=input_ids.device), pos.to(input_ids.device)]
+
 # %% ../nbs/04_text_encoder.ipynb #375e7aa1
 class CLIPTextModel(nn.Module):
     "CLIP's text transformer; `model(input_ids)` → last hidden state B×L×D. Parameter names as 🤗 `CLIPTextModel`."
@@ -218,10 +236,8 @@ class CLIPTextModel(nn.Module):
         return input_ids.to(self.device, torch.long)
 
     def pool(self, last_hidden_state: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        "B×L×D, B×L → B×D: the state at each sequence's end token (largest id when the config says eos_token_id=2)."
-        if self.config.eos_token_id == 2: pos = input_ids.argmax(-1)
-        else: pos = (input_ids == self.config.eos_token_id).int().argmax(-1)
-        return last_hidden_state[torch.arange(len(input_ids), device=input_ids.device), pos.to(input_ids.device)]
+        "B×L×D, B×L → B×D: the state at each sequence's end token (`pooled_eos` with this config's `eos_token_id`)."
+        return pooled_eos(last_hidden_state, input_ids, self.config.eos_token_id)
 
     def encode(self, input_ids, attention_mask=None, clip_skip: int | None = None,
                output_hidden_states: bool = False) -> CLIPTextOutput:
@@ -243,18 +259,8 @@ class CLIPTextModel(nn.Module):
 
 # %% ../nbs/04_text_encoder.ipynb #9f9d2ac8
 def _load_state_dict(path: Path, variant: str | None = None) -> dict:
-    from safetensors.torch import load_file
-    v = f".{variant}" if variant else ""
-    if (path / f"model{v}.safetensors").exists(): return load_file(path / f"model{v}.safetensors")
-    if (path / f"model{v}.safetensors.index.json").exists():
-        index = json.loads((path / f"model{v}.safetensors.index.json").read_text())
-        sd = {}
-        for shard in sorted(set(index["weight_map"].values())): sd.update(load_file(path / shard))
-        return sd
-    if (path / f"pytorch_model{v}.bin").exists():
-        return torch.load(path / f"pytorch_model{v}.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no weights in {path}: expected model{v}.safetensors (or a sharded index, or "
-                            f"pytorch_model{v}.bin); found {sorted(p.name for p in path.iterdir())}")
+    "A transformers folder's weights: model[.variant].safetensors, its shards, or pytorch_model.bin (lesson 00a's reader)."
+    return read_component_weights(path, "model", variant)
 
 def _to_hub_keys(sd: dict) -> dict:
     "Any CLIP text checkpoint's keys → `text_model.…` keys (drops vision tower, projections and position_ids buffers)."
@@ -275,21 +281,19 @@ def _from_pretrained(cls, path, subfolder: str | None = None, dtype: torch.dtype
     if not path.is_dir(): raise FileNotFoundError(f"{path} is not a folder")
     if not (path / "config.json").exists() and (path / "text_encoder" / "config.json").exists(): path = path / "text_encoder"
     if not (path / "config.json").exists(): raise FileNotFoundError(f"no config.json in {path}")
-    with torch.device("meta"): model = cls(json.loads((path / "config.json").read_text()))   # no random init: weights come next
+    with torch.device("meta"): model = cls(read_json(path / "config.json"))   # no random init: weights come next
     sd = _to_hub_keys(_load_state_dict(path, variant))
-    check_state_dict(model, sd, f"text encoder in {path}")     # lesson 02's strict check: every key, every shape
+    check_state_dict(model, sd, f"text encoder in {path}")     # lesson 00a's strict check: every key, every shape
     model.load_state_dict(sd, assign=True)                        # the checkpoint's tensors become the parameters
     return model.to(device=device, dtype=dtype or torch.float32).eval()
 
 def _save_pretrained(self, path) -> Path:
     "Write config.json + model.safetensors in the hub layout (🤗 transformers' `CLIPTextModel.from_pretrained` loads it)."
-    from safetensors.torch import save_file
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
     cfg = self.config.to_dict()
     cfg["torch_dtype"] = str(self.dtype).replace("torch.", "")
-    (path / "config.json").write_text(json.dumps(cfg, indent=2))
-    save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
-              path / "model.safetensors", metadata={"format": "pt"})
+    write_json(path / "config.json", cfg)
+    write_weights(self.state_dict(), path / "model.safetensors")
     return path
 
 CLIPTextModel.from_pretrained = _from_pretrained

@@ -61,7 +61,9 @@ def test_deepcache_matches_the_deepcache_package(tiny, interval, branch):
 def test_fp32_path_unchanged(tiny):
     ours, ref = tiny
     before = ours("a red 7", **KW)
-    ours.enable_fast_sampling(); ours("a red 7", **KW); ours.disable_fast_sampling()
+    ours.enable_fast_sampling()
+    assert ours.unet.conv_in.weight.is_contiguous()                   # fp32: no channels_last unless asked for
+    ours("a red 7", **KW); ours.disable_fast_sampling()
     after = ours("a red 7", **KW)
     assert np.array_equal(before, after)
     assert "forward" not in vars(ours.unet) and ours.deepcache is None and ours.guidance_interval is None
@@ -115,8 +117,11 @@ def test_toy_bf16_and_fast_sampling(one_thread):
     assert (bf - ref).abs().mean() < 0.02
     p16.enable_fast_sampling()
     assert p16.deepcache.branch == 2 and "decode_latents" in vars(p16)     # the toy UNet's text branch; bf16 decode
+    cl = torch.channels_last
+    assert p16.unet.conv_in.weight.is_contiguous(memory_format=cl) and not p32.unet.conv_in.weight.is_contiguous(memory_format=cl)
     fast_imgs = p16(prompts, **kw)
     r = read_images(fast_imgs, clf)
     assert (r["digit"] == digit).float().mean() >= 0.9 and (r["fg"] == ink).float().mean() >= 0.9
     p16.disable_fast_sampling()
+    assert not p16.unet.conv_in.weight.is_contiguous(memory_format=cl)               # NCHW again
     assert "decode_latents" not in vars(p16) and torch.equal(p16(prompts, **kw), bf)      # same batch: same images

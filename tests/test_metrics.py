@@ -186,7 +186,7 @@ def _tiny_hf_clip(tmp_path, image_size=32, patch=8):
     return transformers.CLIPModel.from_pretrained(tmp_path).eval()
 
 def test_clip_model_from_pretrained_matches_transformers(tmp_path):
-    from sd_from_scratch.metrics import CLIPModel, clip_preprocess
+    from sd_from_scratch.clip import CLIPModel, clip_preprocess
     hf = _tiny_hf_clip(tmp_path, image_size=40, patch=10)
     ours = CLIPModel.from_pretrained(tmp_path)
     def emb(o): return o if isinstance(o, torch.Tensor) else o.pooler_output
@@ -243,3 +243,25 @@ def test_fid_of_a_set_with_itself_is_zero_not_negative():
         d = fid(f, f)
         assert d >= 0 and abs(d) < 1e-6, d
     assert frechet_distance(np.zeros(3), np.eye(3), np.ones(3), np.eye(3)) == pytest.approx(3.0)
+
+def test_digit_features_separate_digits_and_colours():
+    "The trained judge's features: real toy images for the same prompts are close, wrong colours or wrong digits are far."
+    from sd_from_scratch import toy
+    from sd_from_scratch.metrics import DigitFeatures, toy_real_images
+    fx = DigitFeatures()
+    _, d, f, b = toy.eval_prompts(60, seed=3)
+    a, same = toy_real_images(d, f, b, per_prompt=4, seed=0), toy_real_images(d, f, b, per_prompt=4, seed=1)
+    assert a.shape == (240, 3, 32, 32) and a.min() >= -1 and a.max() <= 1 and fx.dim == 70
+    wrong_ink = toy_real_images(d, (f + 1) % len(toy.COLOURS), b, per_prompt=4, seed=1)
+    wrong_digit = toy_real_images((d + 1) % 10, f, b, per_prompt=4, seed=1)
+    fa = compute_features(a, fx)
+    near = fid(fa, compute_features(same, fx))
+    assert near * 5 < fid(fa, compute_features(wrong_ink, fx)) and near * 2 < fid(fa, compute_features(wrong_digit, fx))
+
+def test_toy_sweep_seeds_reports_mean_and_spread():
+    from sd_from_scratch.metrics import toy_sweep_seeds, toy_sweep_setup
+    rows = toy_sweep_seeds(scales=(1.0, 7.5), seeds=(0, 1), n=12, steps=4)
+    assert [r["guidance_scale"] for r in rows] == [1.0, 7.5] and all(r["seeds"] == 2 for r in rows)
+    assert all(r["fid_std"] >= 0 and r["clip_score_std"] >= 0 and np.isfinite(r["fid"]) for r in rows)
+    with pytest.raises(ValueError, match="features"):
+        toy_sweep_setup(n=4, features="inception")

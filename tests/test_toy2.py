@@ -41,6 +41,19 @@ def test_shipped_base_matches_diffusers(base, hw):
     assert (ours - theirs).abs().max() <= TOL
 
 
+def test_shipped_base_img2img_matches_diffusers(base):
+    "The shipped folder as diffusers' StableDiffusionImg2ImgPipeline: the lesson's recolour edit gives our images."
+    from diffusers import StableDiffusionImg2ImgPipeline
+    d = _diffusers(StableDiffusionImg2ImgPipeline, toy.default_model_path("base"))
+    x, *_ = toy._test_images(2, 0)
+    ps = ["a yellow 7 on a blue background", "a purple 2"]
+    theirs = d(ps, image=x, strength=0.6, num_inference_steps=10, guidance_scale=7.5,
+               generator=torch.Generator().manual_seed(0), output_type="pt").images
+    ours = base.img2img(ps, list(x[:, None]), strength=0.6, steps=10, guidance_scale=7.5, seed=0, output_type="pt", progress=False)
+    assert ours.shape == (2, 3, 32, 32)
+    assert (ours - theirs).abs().max() <= TOL
+
+
 def _case(n=2):
     x, d, f, b, masks = toy._test_images(n, 0)
     return x, toy.background_masks(masks)
@@ -129,3 +142,68 @@ def test_attention_maps_contract(base):
     from sd_from_scratch.attention import Attention
     assert not any(m.keep_weights or m.last_weights is not None for m in base.unet.modules() if isinstance(m, Attention))
     with pytest.raises(ValueError, match="num_images"): base.attention_maps("a 7", num_images=2)
+
+
+_RESUME_CHILD = r'''
+import sys, time, torch
+torch.set_num_threads(1)
+from pathlib import Path
+from sd_from_scratch import toy
+from sd_from_scratch.training import TrainConfig, make_accelerator, load_frozen
+from sd_from_scratch.unet import UNet2DConditionModel
+out, pause, weights = sys.argv[1], int(sys.argv[2]), eval(sys.argv[3])
+base = toy.default_model_path()
+vae, te, tok, sched = load_frozen(base)
+masks, labels = toy.load_digits()["train"]
+ds = toy.BucketToyDataset(masks[:24], labels[:24], weights=weights, repeats=2, seed=0)
+
+class Paused(toy.ToyTrainer):                      # stops (for good) after `pause` steps, so that it can be killed there
+    def train_step(self):
+        if self.step == pause:
+            (Path(out) / "paused").write_text(str(self.step)); time.sleep(600)
+        return super().train_step()
+
+cfg = TrainConfig(out=out, data="toy-v2b", seed=0, resume=True, progress=False, init_unet=True,
+                  **{**toy.TOY2_TRAIN, "batch_size": 4, "max_steps": 6, "save_every": 2, "keep_last": 20})
+Paused(cfg, ds, vae, te, tok, UNet2DConditionModel.from_pretrained(base / "unet"), sched, make_accelerator(cpu=True)).fit()
+'''
+
+
+def _wide_weights():
+    "WIDE_WEIGHTS of scripts/train_tiny_unet.py (stage 4b), read without running the script."
+    import ast
+    from pathlib import Path
+    src = (Path(__file__).parents[1] / "scripts" / "train_tiny_unet.py").read_text()
+    line = next(l for l in src.splitlines() if l.startswith("WIDE_WEIGHTS"))
+    return ast.literal_eval(line.split("=", 1)[1].strip())
+
+
+def test_stage_4b_resumes_bit_identically_after_kill_9(tmp_path):
+    """Stage 4b's trainer (ToyTrainer on WIDE_WEIGHTS buckets, fine-tuning the shipped UNet), 6 steps with a checkpoint
+    every 2: killed with SIGKILL after step 3 (step 3 is lost), then resumed, it ends with exactly the weights, EMA and
+    losses of an uninterrupted run."""
+    import os, signal, subprocess, sys, time
+    from pathlib import Path
+    from safetensors.torch import load_file
+    w = repr(_wide_weights())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    def run(out, pause): return subprocess.Popen([sys.executable, "-c", _RESUME_CHILD, str(out), str(pause), w], env=env)
+    a, b = tmp_path / "uninterrupted", tmp_path / "killed"
+    pa, pb = run(a, -1), run(b, 3)
+    t0 = time.time()
+    while not (b / "paused").exists():
+        assert pb.poll() is None and time.time() - t0 < 300, "the run to be killed ended before its pause"
+        time.sleep(0.2)
+    os.kill(pb.pid, signal.SIGKILL); pb.wait()
+    assert pb.returncode == -signal.SIGKILL
+    done = sorted(p.name for p in b.glob("checkpoint-*"))
+    assert done == ["checkpoint-2"], done                                   # killed mid-way: steps 3–6 not written
+    assert run(b, -1).wait() == 0 and pa.wait() == 0                        # resume the killed run to the end
+    for f in ("unet.safetensors", "ema.safetensors"):
+        x, y = load_file(a / "checkpoint-6" / f), load_file(b / "checkpoint-6" / f)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), f
+    import json
+    sa, sb = (json.loads((d / "checkpoint-6" / "state.json").read_text()) for d in (a, b))
+    assert sa["losses"] == sb["losses"] and len(sa["losses"]) == 6
+    base = load_file(toy.default_model_path() / "unet" / "diffusion_pytorch_model.safetensors")
+    assert not torch.equal(x["conv_in.weight"], base["conv_in.weight"])    # it did train

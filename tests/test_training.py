@@ -38,7 +38,7 @@ def _args(out, base, steps, *extra):
             "--ema-decay", "0.99", "--threads", "1", "--no-progress", *extra]
 
 def _train(out, base, steps, *extra):
-    r = subprocess.run([PY, "-m", "sd_from_scratch.training", *_args(out, base, steps, *extra)], env=_env(),
+    r = subprocess.run([PY, "-m", "sd_from_scratch.cli", "train", *_args(out, base, steps, *extra)], env=_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -56,7 +56,7 @@ def test_kill_and_resume_is_bit_identical(base, tmp_path):
     full, broken = tmp_path / "full", tmp_path / "broken"
     _train(full, base, steps)
     # the same run, killed with SIGKILL as soon as its second checkpoint is complete
-    p = subprocess.Popen([PY, "-m", "sd_from_scratch.training", *_args(broken, base, steps)], env=_env(),
+    p = subprocess.Popen([PY, "-m", "sd_from_scratch.cli", "train", *_args(broken, base, steps)], env=_env(),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     t0 = time.time()
     while not (broken / "checkpoint-6").exists():
@@ -78,7 +78,7 @@ def test_kill_and_resume_is_bit_identical(base, tmp_path):
 
 def test_resume_refuses_a_different_run(base, tmp_path):
     _train(tmp_path, base, 3)
-    r = subprocess.run([PY, "-m", "sd_from_scratch.training", *_args(tmp_path, base, 6, "--resume", "--seed", "1")],
+    r = subprocess.run([PY, "-m", "sd_from_scratch.cli", "train", *_args(tmp_path, base, 6, "--resume", "--seed", "1")],
                        env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "differ" in r.stderr
 
@@ -90,7 +90,7 @@ def test_two_processes_with_accelerate(base, tmp_path):
     # `--multi_gpu` selects accelerate's torchrun launcher (2 processes); with no GPU our Accelerator(cpu=True)
     # makes it a gloo process group on the CPU. (`--cpu` alone would start a single process.)
     r = subprocess.run([str(acc), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                        "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", "-m", "sd_from_scratch.training",
+                        "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", "-m", "sd_from_scratch.cli", "train",
                         *_args(tmp_path, base, 6)], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     st = json.loads((tmp_path / "checkpoint-6" / "state.json").read_text())
@@ -105,7 +105,7 @@ def test_noise_offset_is_a_resume_option(base, tmp_path):
     _train(tmp_path, base, 3)
     st = tmp_path / "checkpoint-3" / "state.json"
     s = json.loads(st.read_text()); del s["config"]["noise_offset"]; st.write_text(json.dumps(s))   # an older checkpoint
-    r = subprocess.run([PY, "-m", "sd_from_scratch.training", *_args(tmp_path, base, 6, "--resume", "--noise-offset", "0.1")],
+    r = subprocess.run([PY, "-m", "sd_from_scratch.cli", "train", *_args(tmp_path, base, 6, "--resume", "--noise-offset", "0.1")],
                        env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "noise_offset" in r.stderr
     assert "resumed from" in _train(tmp_path, base, 6, "--resume").stderr
@@ -356,8 +356,7 @@ def test_every_cli_option_reaches_the_config(tmp_path):
         if not a.option_strings or a.dest == "help": continue
         flag = a.option_strings[0]
         if a.dest == "unet_config": argv += [flag, str(ucfg)]; want["unet_config"] = TINY_UNET; continue
-        if a.dest == "no_progress": argv.append(flag); want["progress"] = False; continue
-        if a.nargs == 0: argv.append(flag); want[a.dest] = True; continue
+        if a.nargs == 0: argv.append(flag); want[a.dest] = a.const; continue      # a switch: --resume → True, --no-progress → False
         if a.choices: v = [c for c in a.choices if c != a.default][0]
         elif a.type is int: v = (a.default or 0) + 7
         elif a.type is float: v = (a.default or 0.0) + 0.125
@@ -367,7 +366,7 @@ def test_every_cli_option_reaches_the_config(tmp_path):
     for k, v in want.items():
         assert getattr(cfg, k) == v, f"{k}: option gave {v!r}, config has {getattr(cfg, k)!r}"
         assert getattr(d, k) != v, k
-    assert "overwrite" in want and "resume" in want
+    assert "overwrite" in want and "resume" in want and want.get("progress") is False
 
 # --- the output folder (issue 25, items 2 and 6) -----------------------------------------------------------------
 
@@ -453,3 +452,16 @@ def test_check_out_cases(tmp_path):
     with pytest.raises(FileExistsError, match="no checkpoint"): check_out(pipe, resume=True)
     other = tmp_path / "photos"; other.mkdir(); (other / "cat.png").write_bytes(b"")
     assert check_out(other) == [] and check_out(tmp_path / "new" / "deeper") == [] and (tmp_path / "new" / "deeper").is_dir()
+
+def test_data_toy_is_resolved_by_the_cli_not_by_training(tmp_path):
+    "training never imports the toy world (lesson 12): `--data toy` without a data set is one clear error pointing at `sdfs train`."
+    from sd_from_scratch.training import train, TrainConfig
+    with pytest.raises(ValueError, match="sdfs train --data toy"): train(TrainConfig(out=str(tmp_path / "o"), data="toy"))
+    r = subprocess.run([PY, "-m", "sd_from_scratch.training", "--out", str(tmp_path / "o2"), "--data", "toy"], env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "sdfs train --data toy" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    import ast
+    tree = ast.parse((ROOT / "sd_from_scratch" / "training.py").read_text())
+    mods = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)] + \
+           [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in mods if m.split(".")[-1] in ("toy", "cli")], mods

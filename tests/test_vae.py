@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sd_from_scratch import vae as V
+from sd_from_scratch import vae_training as T   # lesson 02a: the training kit
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -191,21 +192,21 @@ def test_old_attention_names_convert(pair):
 def test_losses_and_discriminator():
     torch.manual_seed(0)
     m = V.AutoencoderKL.from_config(TINY)
-    disc = V.PatchDiscriminator(3, ch=16, n_layers=2)
+    disc = T.PatchDiscriminator(3, ch=16, n_layers=2)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     post = m.encode(x); recon = m.decode(post.sample())
-    total, logs = V.vae_loss(x, recon, post, perceptual=V.FeatureNet(), disc=disc, last_layer=m.decoder.conv_out.weight)
+    total, logs = T.vae_loss(x, recon, post, perceptual=T.FeatureNet(), disc=disc, last_layer=m.decoder.conv_out.weight)
     assert torch.isfinite(total) and {"l1", "perceptual", "kl", "g_loss", "d_weight"} <= set(logs)
     total.backward()
     assert m.encoder.conv_in.weight.grad is not None
     assert disc(x).shape[:2] == (2, 1)
-    d = V.disc_loss(disc, x, recon)
+    d = T.disc_loss(disc, x, recon)
     assert d.item() >= 0
     # hinge: confident and correct discriminator → 0; perfect reconstruction + no extras → just the KL term
-    assert V.hinge_d_loss(torch.full((4,), 2.0), torch.full((4,), -2.0)).item() == 0
-    t, l = V.vae_loss(x, x, post, kl_weight=1.0)
+    assert T.hinge_d_loss(torch.full((4,), 2.0), torch.full((4,), -2.0)).item() == 0
+    t, l = T.vae_loss(x, x, post, kl_weight=1.0)
     assert torch.allclose(t, post.kl().sum() / 2)
-    assert V.perceptual_loss(x, x, V.FeatureNet()).abs().max() < 1e-6
+    assert T.perceptual_loss(x, x, T.FeatureNet()).abs().max() < 1e-6
 
 
 def test_training_reduces_loss():
@@ -213,13 +214,13 @@ def test_training_reduces_loss():
     m = V.AutoencoderKL.from_config(TINY)
     imgs = torch.rand(2, 3, 48, 48) * 2 - 1
     imgs = F.avg_pool2d(imgs, 5, 1, 2)                      # something smooth enough to learn quickly
-    hist = V.train_vae(m, imgs, steps=12, batch_size=2, crop=32, disc_start=8, log_every=1)
+    hist = T.train_vae(m, imgs, steps=12, batch_size=2, crop=32, disc_start=8, log_every=1)
     assert hist[-1]["l1"] < hist[0]["l1"]
 
 
 def test_vector_quantizer():
     torch.manual_seed(0)
-    vq = V.VectorQuantizer(8, 4)
+    vq = T.VectorQuantizer(8, 4)
     z = torch.randn(2, 4, 3, 3, requires_grad=True)
     zq, loss, idx = vq(z)
     assert zq.shape == z.shape and idx.shape == (2, 3, 3) and loss.item() > 0

@@ -78,3 +78,11 @@ def test_installed_wheel_generates_from_another_folder(wheel, tmp_path):
     x = torch.from_numpy(np.asarray(Image.open(tmp_path / "seven.png").convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None]
     r = read_images(x, load_digit_classifier())
     assert (int(r["digit"][0]), COLOURS[int(r["fg"][0])], COLOURS[int(r["bg"][0])]) == (7, "red", "blue")
+
+
+def test_version_agrees_with_settings():
+    "settings.ini's `version` (what the wheel is called) and `sd_from_scratch.__version__` (index.ipynb) agree."
+    import configparser, sd_from_scratch
+    cfg = configparser.ConfigParser(); cfg.read(ROOT / "settings.ini")
+    assert sd_from_scratch.__version__ == cfg["DEFAULT"]["version"], \
+        "bump `__version__` in nbs/index.ipynb together with settings.ini's version"

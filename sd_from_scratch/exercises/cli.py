@@ -7,7 +7,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 import numpy as np
-from .grading import ExerciseError, compare, run_check, passed, try_check
+from .grading import ExerciseError, compare, run_check, passed
 from .measure import toy_pipe
 from ..cli import format_parameters, save_png
 

@@ -8,8 +8,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 import numpy as np
-from .grading import ExerciseError, compare, run_check, passed, try_check
-from ..data import make_laion_sample, iter_rows, filter_table, sd_filters, RowFilter, MinSide, make_buckets, assign_buckets
+from .grading import ExerciseError, compare, run_check, passed
+from ..data import make_laion_sample, iter_rows, filter_table, sd_filters, RowFilter, make_buckets, assign_buckets
 
 # %% auto #0
 __all__ = ['FUNNEL_STEPS', 'BUCKET_SIZES', 'sample_table', 'sample_rows', 'check_funnel', 'check_buckets']

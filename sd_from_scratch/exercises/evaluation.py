@@ -5,8 +5,7 @@
 # %% ../../nbs/exercises/graders/evaluation.ipynb #bfc74264
 from __future__ import annotations
 import numpy as np
-import torch
-from .grading import ExerciseError, compare, run_check, passed, try_check
+from .grading import ExerciseError, compare, run_check, passed
 from ..metrics import feature_stats as ref_feature_stats, frechet_distance as ref_frechet_distance, sqrtm_psd
 
 # %% auto #0

@@ -5,7 +5,7 @@
 # %% ../../nbs/exercises/graders/schedule.ipynb #b7b89023
 from __future__ import annotations
 import torch
-from .grading import ExerciseError, compare, run_check, passed, try_check
+from .grading import compare, run_check, passed
 from ..schedule import make_betas, alphas_cumprod as ref_alphas_cumprod, add_noise as ref_add_noise
 from ..images import sample_image, pil_to_tensor
 import numpy as np

@@ -9,9 +9,11 @@ import torch
 from .grading import ExerciseError, compare, run_check, passed, try_check
 from ..tokenizer import CLIPTokenizer
 from ..text_encoder import CLIPTextModel, causal_mask
+_all_ = ['ExerciseError', 'try_check']   # re-exported for the learner notebooks
 
 # %% auto #0
-__all__ = ['SHORT', 'LONG', 'tokenizer', 'check_pad_and_truncate', 'check_pool_eot', 'check_causal_mask']
+__all__ = ['SHORT', 'LONG', 'tokenizer', 'check_pad_and_truncate', 'check_pool_eot', 'check_causal_mask', 'ExerciseError',
+           'try_check']
 
 # %% ../../nbs/exercises/graders/text.ipynb #12ddf54a
 @lru_cache(maxsize=None)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import torch
 import torch.nn as nn
-from .grading import ExerciseError, run_check, passed, try_check
+from .grading import ExerciseError, run_check, passed
 from .measure import check_band
 from ..schedule import make_betas, alphas_cumprod
 from ..samplers import sample

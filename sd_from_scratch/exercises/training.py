@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .grading import ExerciseError, compare, run_check, passed, try_check
+from .grading import ExerciseError, compare, run_check, passed
 from functools import lru_cache
 from ..schedule import make_betas, alphas_cumprod, add_noise
 

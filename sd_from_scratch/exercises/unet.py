@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .grading import ExerciseError, compare, run_check, passed, try_check
+from .grading import ExerciseError, compare, run_check, passed
 from ..unet import ResnetBlock2D, UNet2DConditionModel, tiny_unet_config
-from ..attention import Attention, attention_naive, split_heads, merge_heads
+from ..attention import Attention, split_heads, merge_heads
 
 # %% auto #0
 __all__ = ['resblock_parts', 'check_resblock', 'cross_attention_parts', 'check_cross_attention', 'tiny_unet',

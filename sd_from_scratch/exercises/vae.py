@@ -5,16 +5,15 @@
 # %% ../../nbs/exercises/graders/vae.ipynb #5fdb1b62
 from __future__ import annotations
 from functools import lru_cache
-from pathlib import Path
 import torch
-import sd_from_scratch
 from .grading import ExerciseError, compare, run_check, passed, try_check
 from ..vae import AutoencoderKL
 from ..images import sample_image, pil_to_tensor, shipped
+_all_ = ['ExerciseError', 'try_check']   # re-exported for the learner notebooks
 
 # %% auto #0
 __all__ = ['SD_V1_SCALING_FACTOR', 'tiny_vae', 'check_encode_latents', 'check_decode_latents', 'latent_photos',
-           'check_latent_std']
+           'check_latent_std', 'ExerciseError', 'try_check']
 
 # %% ../../nbs/exercises/graders/vae.ipynb #e3651a55
 SD_V1_SCALING_FACTOR = 0.18215
