@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_pipeline.ipynb #7708d81e
 from __future__ import annotations
-import contextlib, inspect, json, logging, math, warnings
+import contextlib, inspect, logging, math, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from .loading import (resolve_pipeline_dir, read_model_index, read_config, load_
                       hub_tokenizer_dir, load_ldm_checkpoint, single_file_configs, tokenizer_vocab_merges,
                       find_weights)
 from .tokenizer import write_vocab_merges
+from .hub import write_json, write_model_index
 
 # %% auto #0
 __all__ = ['THRESHOLDING_SAMPLERS', 'OUTPUT_TYPES', 'LATENT_RGB_SD15', 'COMPONENTS', 'SEED_MAX', 'latents_to_rgb',
@@ -306,13 +307,12 @@ def save_pretrained(self: StableDiffusion, folder, variant: str | None = None):
     else: write_vocab_merges(tok, *tokenizer_vocab_merges(getattr(self.tokenizer, "folder")))
     (folder / "scheduler").mkdir(exist_ok=True)
     sched = {"_class_name": self.scheduler_config.get("_class_name", "PNDMScheduler"), **self.scheduler_config}
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2))
-    idx = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
-           "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-           "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-           "scheduler": ["diffusers", sched["_class_name"]], "safety_checker": [None, None],
-           "feature_extractor": [None, None], "requires_safety_checker": False}
-    (folder / "model_index.json").write_text(json.dumps(idx, indent=2))
+    write_json(folder / "scheduler" / "scheduler_config.json", sched)
+    write_model_index(folder, {"unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL"),
+                               "text_encoder": ("transformers", "CLIPTextModel"),
+                               "tokenizer": ("transformers", "CLIPTokenizer"), "scheduler": ("diffusers", sched["_class_name"]),
+                               "safety_checker": (None, None), "feature_extractor": (None, None)},
+                      requires_safety_checker=False)
     return folder
 
 # %% ../nbs/10_pipeline.ipynb #506c1f50
