@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .text_encoder import CLIPTextConfig, CLIPTextTransformer, CLIPEncoder
+from .text_encoder import CLIPTextConfig, CLIPTextTransformer, CLIPEncoder, pooled_eos
 from .metrics import CLIPScorer
 
 # %% auto #0
@@ -81,9 +81,7 @@ class CLIPModel(nn.Module):
         "B×L token ids → B×E text embeddings (final state at the end-of-text token, projected)."
         x, _ = self.text_model(input_ids, attention_mask)
         x = self.text_model.final_layer_norm(x)
-        eos = self.text_config.eos_token_id
-        pos = input_ids.argmax(-1) if eos == 2 else (input_ids == eos).int().argmax(-1)   # transformers' rule
-        return self.text_projection(x[torch.arange(len(x)), pos])
+        return self.text_projection(pooled_eos(x, input_ids, self.text_config.eos_token_id))   # lesson 04's rule
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | None = None) -> "CLIPModel":
