@@ -16,7 +16,7 @@ __all__ = ['PALETTE', 'COLOURS', 'TOY_VAE_CONFIG', 'TOY_TEXT_CONFIG', 'TOY_UNET_
            'BUCKETS', 'BUCKET_WEIGHTS', 'P_DROP', 'TOY2_TRAIN', 'TOY_INPAINT_TRAIN', 'ACCEPTANCE', 'caption',
            'palette_tensor', 'load_digits', 'render', 'ToyDataset', 'toy_dataset', 'DigitClassifier',
            'train_digit_classifier', 'classifier_accuracy', 'repo_data_dir', 'load_digit_classifier', 'read_colours',
-           'read_images', 'train_vae', 'measure_scaling_factor', 'ToyImageEncoder', 'ToyCLIP', 'clip_loss',
+           'read_images', 'train_toy_vae', 'measure_scaling_factor', 'ToyImageEncoder', 'ToyCLIP', 'clip_loss',
            'train_clip', 'clip_retrieval_accuracy', 'save_toy_clip', 'load_toy_clip', 'generate', 'eval_prompts',
            'evaluate', 'format_table', 'stage_vae', 'stage_clip', 'stage_unet', 'build_tiny_sd', 'default_model_path',
            'load_components', 'knob_grid', 'partial_caption', 'BucketToyDataset', 'seed_from_toy', 'bucket_toy_dataset',
@@ -181,7 +181,7 @@ TOY_SCHEDULER_CONFIG = {   # SD v1's noise schedule; DDIM (the CompVis scripts' 
 def _dist(out): return getattr(out, "latent_dist", out)
 def _img(out): return getattr(out, "sample", out)
 
-def train_vae(vae, images: torch.Tensor, steps: int = 1000, batch_size: int = 32, lr: float = 1e-3, kl_weight: float = 1e-6,
+def train_toy_vae(vae, images: torch.Tensor, steps: int = 1000, batch_size: int = 32, lr: float = 1e-3, kl_weight: float = 1e-6,
               seed: int = 0, log_every: int = 100, progress: bool = True, init_logvar: float | None = -6.0,
               max_grad_norm: float = 1.0, callback=None, schedule_steps: int | None = None) -> list[float]:
     """Train an AutoencoderKL on N×3×H×W images in [−1, 1] (L1 + MSE + kl_weight·KL); returns the losses.
@@ -388,7 +388,7 @@ def stage_vae(run_dir, steps: int = 500, lr: float = 2e-3, schedule_steps: int =
     if (info := _stage_done(run_dir, "vae")) is not None: return info
     c0 = _clock(); ds = toy_dataset(seed=seed); torch.manual_seed(seed)
     vae = AutoencoderKL.from_config(TOY_VAE_CONFIG)
-    losses = train_vae(vae, ds.images, steps=steps, lr=lr, seed=seed, progress=progress, callback=callback, log_every=250,
+    losses = train_toy_vae(vae, ds.images, steps=steps, lr=lr, seed=seed, progress=progress, callback=callback, log_every=250,
                        schedule_steps=schedule_steps)
     vae.eval(); vae.config["scaling_factor"] = round(measure_scaling_factor(vae, ds.images), 5)
     vae.save_pretrained(run_dir / "vae")
