@@ -8,8 +8,6 @@ import os, re, tempfile
 from pathlib import Path
 import torch
 from .hub import check_state_dict, read_json, read_weights, find_weights as find_component_weights, read_component_weights   # lesson 00a
-from .hub import read_weights as load_state_dict   # the old name, kept importable
-_all_ = ['read_json', 'load_state_dict']
 from .tokenizer import write_vocab_merges        # lesson 03 writes the hub layout
 
 # %% auto #0
@@ -19,8 +17,7 @@ __all__ = ['WEIGHT_NAMES', 'IGNORABLE', 'PREFIXES', 'PIPELINE_COMPONENTS', 'CLIP
            'download_pipeline', 'resolve_pipeline_dir', 'unet_key_to_ldm', 'unet_key_from_ldm', 'unet_to_ldm',
            'unet_from_ldm', 'vae_key_to_ldm', 'vae_key_from_ldm', 'vae_to_ldm', 'vae_from_ldm', 'clip_to_ldm',
            'clip_from_ldm', 'split_ldm_checkpoint', 'join_ldm_checkpoint', 'load_ldm_checkpoint', 'save_ldm_checkpoint',
-           'single_file_configs', 'read_json', 'load_state_dict', 'SD15_UNET_CONFIG', 'SD15_VAE_CONFIG',
-           'SD15_SCHEDULER_CONFIG']
+           'single_file_configs', 'SD15_UNET_CONFIG', 'SD15_VAE_CONFIG', 'SD15_SCHEDULER_CONFIG']
 
 # %% ../nbs/09_loading.ipynb #6d29f74b
 def read_model_index(folder) -> dict[str, tuple[str, str]]:

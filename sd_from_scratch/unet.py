@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from .attention import Attention, set_attention_backend, mask_to_bias
-from .vae import check_state_dict
+from .hub import check_state_dict
 
 # %% auto #0
 __all__ = ['UNET_DEFAULTS', 'SD15_UNET_CONFIG', 'SD15_INPAINT_UNET_CONFIG', 'SD21_UNET_CONFIG', 'timestep_embedding',

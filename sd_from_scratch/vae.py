@@ -10,12 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from .hub import Config, check_state_dict, read_json, read_component_weights, write_json, write_weights   # lesson 00a
-_all_ = ['Config', 'check_state_dict']   # re-exported for code that still imports them from here
 
 # %% auto #0
 __all__ = ['SD_VAE_CONFIG', 'ResnetBlock', 'Downsample', 'upsample_conv', 'Upsample', 'AttnBlock', 'MidBlock', 'DownEncoderBlock',
            'UpDecoderBlock', 'Encoder', 'Decoder', 'randn_tensor', 'DiagonalGaussian', 'convert_old_attention_keys',
-           'AutoencoderKL', 'Config', 'check_state_dict']
+           'AutoencoderKL']
 
 # %% ../nbs/02_vae.ipynb #80efa427
 def _silu(x: torch.Tensor) -> torch.Tensor:
