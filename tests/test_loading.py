@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest, torch
 from fixtures import make_tiny_sd, SD15_SCHEDULER
 from sd_from_scratch.loading import *
+from sd_from_scratch.hub import read_json, read_weights as load_state_dict   # lesson 00a: one file, safely
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
