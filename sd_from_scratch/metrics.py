@@ -4,7 +4,6 @@
 
 # %% ../nbs/13_evaluation.ipynb #eb0e0cb0
 from __future__ import annotations
-import math
 from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
@@ -12,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from .schedule import make_betas
 from .guidance import cfg_combine
+from .vae_training import random_convs   # lesson 02a
 
 # %% auto #0
 __all__ = ['FeatureFn', 'DEFAULT_SCALES', 'compute_features', 'RandomConvFeatures', 'feature_stats', 'sqrtm_psd',
@@ -39,15 +39,8 @@ class RandomConvFeatures(nn.Module):
     "A fixed, randomly initialised conv net: B×C×H×W images in [-1,1] → B×D features (D = sum of `widths`)."
     def __init__(self, in_channels: int = 3, widths: Sequence[int] = (32, 64, 128), size: int = 32, seed: int = 0):
         super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.size, chans, layers = size, [in_channels, *widths], []
-        for cin, cout in zip(chans[:-1], chans[1:]):
-            conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
-            with torch.no_grad():
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * math.sqrt(2 / (cin * 9)))
-                conv.bias.zero_()
-            layers.append(conv)
-        self.layers = nn.ModuleList(layers).requires_grad_(False).eval()
+        self.size = size
+        self.layers = random_convs([in_channels, *widths], [2] * len(widths), seed).eval()   # lesson 02a's
 
     @property
     def dim(self) -> int: return sum(l.out_channels for l in self.layers)

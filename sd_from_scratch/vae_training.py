@@ -11,8 +11,8 @@ from torch import nn
 from .vae import AutoencoderKL, DiagonalGaussian
 
 # %% auto #0
-__all__ = ['VectorQuantizer', 'FeatureNet', 'perceptual_loss', 'PatchDiscriminator', 'hinge_d_loss', 'vae_loss', 'disc_loss',
-           'random_crops', 'train_vae']
+__all__ = ['VectorQuantizer', 'random_convs', 'FeatureNet', 'perceptual_loss', 'PatchDiscriminator', 'hinge_d_loss', 'vae_loss',
+           'disc_loss', 'random_crops', 'train_vae']
 
 # %% ../nbs/02a_vae_training.ipynb #7af039af
 class VectorQuantizer(nn.Module):
@@ -36,20 +36,24 @@ class VectorQuantizer(nn.Module):
         return zq, loss, idx.view(B, H, W)
 
 # %% ../nbs/02a_vae_training.ipynb #68359325
+def random_convs(chans, strides, seed: int = 0) -> nn.ModuleList:
+    """Fixed 3×3 convs chans[i] → chans[i+1] with He-normal random weights from `seed`, zero biases, frozen: the
+    download-free feature extractor behind the perceptual loss here and lesson 13's random-feature FID."""
+    g = torch.Generator().manual_seed(seed)
+    convs = []
+    for cin, cout, s in zip(chans[:-1], chans[1:], strides):
+        conv = nn.Conv2d(cin, cout, 3, stride=s, padding=1)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * math.sqrt(2 / (cin * 9)))
+            conv.bias.zero_()
+        convs.append(conv)
+    return nn.ModuleList(convs).requires_grad_(False)
+
 class FeatureNet(nn.Module):
     "A small fixed conv net for a perceptual (LPIPS-like) distance. Random weights: no VGG download needed."
     def __init__(self, widths=(16, 32, 64), seed: int = 0):
         super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        layers, c = [], 3
-        for i, w in enumerate(widths):
-            conv = nn.Conv2d(c, w, 3, stride=1 if i == 0 else 2, padding=1)
-            with torch.no_grad():
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * math.sqrt(2 / (c * 9)))
-                conv.bias.zero_()
-            layers.append(conv); c = w
-        self.convs = nn.ModuleList(layers)
-        self.requires_grad_(False)
+        self.convs = random_convs([3, *widths], [1] + [2] * (len(widths) - 1), seed)
 
     def forward(self, x):
         feats = []
