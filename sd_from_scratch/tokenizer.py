@@ -122,11 +122,10 @@ def bpe(token: str, ranks: dict[tuple[str, str], int], trace: list | None = None
 # %% ../nbs/03_tokenizer.ipynb #b106410e
 logger = logging.getLogger(__name__)
 
-class BatchEncoding(dict):
+from .hub import Config   # lesson 00a: a dict whose keys are also attributes
+
+class BatchEncoding(Config):
     "A dict whose keys are also attributes (`enc.input_ids`), like 🤗's `BatchEncoding`."
-    def __getattr__(self, k):
-        try: return self[k]
-        except KeyError: raise AttributeError(k) from None
 
 def _token_name(t) -> str:
     "Special-token entries of 🤗 config files are either a string or a dict with 'content'."
