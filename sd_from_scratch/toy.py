@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['PALETTE', 'COLOURS', 'TOY_VAE_CONFIG', 'TOY_TEXT_CONFIG', 'TOY_UNET_CONFIG', 'TOY_SCHEDULER_CONFIG', 'TOY_TRAIN',
-           'BUCKETS', 'BUCKET_WEIGHTS', 'P_DROP', 'TOY2_TRAIN', 'TOY_INPAINT_TRAIN', 'ACCEPTANCE', 'caption',
-           'palette_tensor', 'load_digits', 'render', 'ToyDataset', 'toy_dataset', 'DigitClassifier',
+           'BUCKETS', 'BUCKET_WEIGHTS', 'CENTRED_V2', 'P_DROP', 'TOY2_TRAIN', 'TOY_INPAINT_TRAIN', 'ACCEPTANCE',
+           'caption', 'palette_tensor', 'load_digits', 'render', 'ToyDataset', 'toy_dataset', 'DigitClassifier',
            'train_digit_classifier', 'classifier_accuracy', 'repo_data_dir', 'load_digit_classifier', 'read_colours',
            'read_images', 'train_toy_vae', 'measure_scaling_factor', 'ToyImageEncoder', 'ToyCLIP', 'clip_loss',
            'train_clip', 'clip_retrieval_accuracy', 'save_toy_clip', 'load_toy_clip', 'generate', 'eval_prompts',
@@ -493,6 +493,9 @@ def knob_grid(rows: dict, col_titles=None, size: float = 0.7, title: str | None 
 # %% ../nbs/12_toy_world.ipynb #a7d0b002
 BUCKETS = ((32, 32), (48, 32), (32, 48), (64, 32), (32, 64))      # (width, height) in pixels
 BUCKET_WEIGHTS = (0.4, 0.15, 0.15, 0.15, 0.15)                       # share of the training images per bucket
+# the "centred" variant of stage 4 (measured below, not shipped): 80 % wide or tall canvases, the digit within ±6 px
+# of the centre (`jitter`)
+CENTRED_V2 = dict(weights=(0.1, 0.05, 0.05, 0.4, 0.4), jitter=6)
 P_DROP = 0.25                                                        # each attribute left out of the caption with this chance
 
 def partial_caption(digit: int, colour: str, background: str, keep=(True, True, True)) -> str:
@@ -504,9 +507,11 @@ def partial_caption(digit: int, colour: str, background: str, keep=(True, True, 
     return s + (f" on a {background} background" if kb else "")
 
 class BucketToyDataset:
-    """Toy digits (32×32) placed at a random spot of canvases of several shapes (`buckets`, (W, H)). `ds[i]` →
-    (3×H×W in [−1, 1], full caption); `.sizes` and `.bucket_ids` are what lesson 10b's `BucketBatchSampler` needs."""
-    def __init__(self, masks, labels, buckets=BUCKETS, weights=BUCKET_WEIGHTS, repeats: int = 2, seed: int = 0):
+    """Toy digits (32×32) placed on canvases of several shapes (`buckets`, (W, H)): anywhere (`jitter=None`) or
+    within `jitter` pixels of the centre. `ds[i]` → (3×H×W in [−1, 1], full caption); `.sizes` and `.bucket_ids`
+    are what lesson 10b's `BucketBatchSampler` needs."""
+    def __init__(self, masks, labels, buckets=BUCKETS, weights=BUCKET_WEIGHTS, repeats: int = 2, seed: int = 0,
+                 jitter: int | None = None):
         g = torch.Generator().manual_seed(seed_from_toy(seed, "buckets"))
         self.masks, self.buckets = masks, [tuple(b) for b in buckets]
         self.src = torch.arange(len(masks)).repeat(repeats)
@@ -517,7 +522,7 @@ class BucketToyDataset:
         self.bg = (self.fg + torch.randint(1, k, (n,), generator=g)) % k
         self.digits = labels[self.src]
         u = torch.rand(n, 2, generator=g)
-        self.offsets = [(int(u[i, 0] * (W - 31)), int(u[i, 1] * (H - 31))) for i, (W, H) in enumerate(self.sizes)]  # (x, y)
+        self.offsets = [(_place(u[i, 0], W, jitter), _place(u[i, 1], H, jitter)) for i, (W, H) in enumerate(self.sizes)]  # (x, y)
         self.captions = [caption(int(d), COLOURS[f], COLOURS[b]) for d, f, b in
                          zip(self.digits.tolist(), self.fg.tolist(), self.bg.tolist())]
     def __len__(self): return len(self.captions)
@@ -531,15 +536,22 @@ class BucketToyDataset:
         img = render(self.canvas_mask(i)[None], pal[self.fg[i]][None], pal[self.bg[i]][None])[0] * 2 - 1
         return img, self.captions[i]
 
+def _place(u: torch.Tensor, size: int, jitter: int | None) -> int:
+    "The digit's offset along a canvas side of `size` pixels from a uniform u ∈ [0, 1): anywhere, or centre ± jitter."
+    if jitter is None: return int(u * (size - 31))
+    c = (size - 32) // 2; j = min(jitter, c)
+    return c - j + int(u * (2 * j + 1))
+
 def seed_from_toy(*parts) -> int:
     from sd_from_scratch.training import seed_from
     return seed_from(*parts) % 2**63
 
-def bucket_toy_dataset(split: str = "train", repeats: int = 2, seed: int = 0, buckets=BUCKETS, weights=BUCKET_WEIGHTS):
-    "The bucketed toy world (`split`: 'train' or 'test')."
+def bucket_toy_dataset(split: str = "train", repeats: int = 2, seed: int = 0, buckets=BUCKETS, weights=BUCKET_WEIGHTS,
+                       jitter: int | None = None):
+    "The bucketed toy world (`split`: 'train' or 'test'), the digit within `jitter` px of the centre (None: anywhere)."
     if split not in ("train", "test"): raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     masks, labels = load_digits(seed)[split]
-    return BucketToyDataset(masks, labels, buckets, weights, repeats, seed + (split == "test"))
+    return BucketToyDataset(masks, labels, buckets, weights, repeats, seed + (split == "test"), jitter)
 
 
 # %% ../nbs/12_toy_world.ipynb #a7d0b004
@@ -673,7 +685,7 @@ def _set_pipeline_class(folder, class_name: str) -> None:
     write_model_index(folder, comps, class_name=class_name, **{k: v for k, v in idx.items() if not k.startswith("_") and k not in comps})
 
 def _finetune(run_dir, name: str, base, trainer_cls, make_unet, train: dict, defaults: dict, seed: int, progress: bool,
-              accelerator, pipeline_class: str = "StableDiffusionPipeline", weights=BUCKET_WEIGHTS) -> dict:
+              accelerator, pipeline_class: str = "StableDiffusionPipeline", weights=BUCKET_WEIGHTS, jitter: int | None = None) -> dict:
     from sd_from_scratch.training import TrainConfig, make_accelerator, load_frozen
     from sd_from_scratch.unet import UNet2DConditionModel
     run_dir = Path(run_dir); base = Path(base)
@@ -683,7 +695,7 @@ def _finetune(run_dir, name: str, base, trainer_cls, make_unet, train: dict, def
     unet = make_unet(UNet2DConditionModel.from_pretrained(base / "unet"))
     tcfg = TrainConfig(out=str(run_dir / f"{name}_run"), data=f"toy-{name}", seed=seed, resume=True, progress=progress,
                        init_unet=True, **{**defaults, **(train or {})})
-    ds = bucket_toy_dataset(seed=seed, weights=weights)
+    ds = bucket_toy_dataset(seed=seed, weights=weights, jitter=jitter)
     tr = trainer_cls(tcfg, ds, vae, te, tok, unet, sched, accelerator or make_accelerator(cpu=True)).fit()
     out = run_dir / f"pipeline-{name}"
     tr.save_pipeline(out)
@@ -697,11 +709,12 @@ def _finetune(run_dir, name: str, base, trainer_cls, make_unet, train: dict, def
     return info
 
 def stage_v2(run_dir, base=None, train: dict | None = None, seed: int = 0, progress: bool = True, accelerator=None,
-             weights=BUCKET_WEIGHTS, name: str = "v2") -> dict:
+             weights=BUCKET_WEIGHTS, jitter: int | None = None, name: str = "v2") -> dict:
     """Stage 4: fine-tune the shipped UNet (VAE and text encoder frozen) on bucketed canvases with partial captions
-    → run_dir/pipeline-{name} (checkpoints in run_dir/{name}_run: it resumes); `weights`: each bucket's share."""
+    → run_dir/pipeline-{name} (checkpoints in run_dir/{name}_run: it resumes); `weights`: each bucket's share,
+    `jitter`: how far from the canvas centre the digit may sit (None: anywhere)."""
     return _finetune(run_dir, name, base or default_model_path(), ToyTrainer, lambda u: u, train, TOY2_TRAIN, seed, progress,
-                     accelerator, weights=weights)
+                     accelerator, weights=weights, jitter=jitter)
 
 def stage_inpaint(run_dir, base=None, train: dict | None = None, seed: int = 0, progress: bool = True, accelerator=None) -> dict:
     """Stage 5: the 9-channel inpainting UNet, fine-tuned from stage 4's (default run_dir/pipeline-v2) with random

@@ -96,6 +96,13 @@ def test_bucket_dataset_and_sampler_batches():
         assert torch.allclose(ds.canvas_mask(i).sum(), masks[ds.src[i]].sum())          # the whole digit is on the canvas
     for batch in BucketBatchSampler(ds.bucket_ids, 4, drop_last=True).batches():
         assert len({ds.sizes[i] for i in batch}) == 1
+    # near the centre: the same buckets, captions and digits, each digit within `jitter` px of the centre
+    near = toy.BucketToyDataset(masks, labels, repeats=2, seed=3, jitter=2)
+    assert near.sizes == ds.sizes and near.captions == ds.captions
+    for (W, H), (x, y) in zip(near.sizes, near.offsets):
+        assert abs(x - (W - 32) // 2) <= 2 and abs(y - (H - 32) // 2) <= 2 and 0 <= x <= W - 32 and 0 <= y <= H - 32
+    assert len({x for (W, H), (x, y) in zip(ds.sizes, ds.offsets) if W == 64}) > 5     # anywhere: offsets spread out
+    assert len({x for (W, H), (x, y) in zip(near.sizes, near.offsets) if W == 64}) <= 5
 
 
 def test_random_masks_kinds():
@@ -155,7 +162,7 @@ out, pause, weights = sys.argv[1], int(sys.argv[2]), eval(sys.argv[3])
 base = toy.default_model_path()
 vae, te, tok, sched = load_frozen(base)
 masks, labels = toy.load_digits()["train"]
-ds = toy.BucketToyDataset(masks[:24], labels[:24], weights=weights, repeats=2, seed=0)
+ds = toy.BucketToyDataset(masks[:24], labels[:24], weights=weights, repeats=2, seed=0, jitter=toy.CENTRED_V2["jitter"])
 
 class Paused(toy.ToyTrainer):                      # stops (for good) after `pause` steps, so that it can be killed there
     def train_step(self):
@@ -163,29 +170,20 @@ class Paused(toy.ToyTrainer):                      # stops (for good) after `pau
             (Path(out) / "paused").write_text(str(self.step)); time.sleep(600)
         return super().train_step()
 
-cfg = TrainConfig(out=out, data="toy-v2b", seed=0, resume=True, progress=False, init_unet=True,
+cfg = TrainConfig(out=out, data="toy-v2", seed=0, resume=True, progress=False, init_unet=True,
                   **{**toy.TOY2_TRAIN, "batch_size": 4, "max_steps": 6, "save_every": 2, "keep_last": 20})
 Paused(cfg, ds, vae, te, tok, UNet2DConditionModel.from_pretrained(base / "unet"), sched, make_accelerator(cpu=True)).fit()
 '''
 
 
-def _wide_weights():
-    "WIDE_WEIGHTS of scripts/train_tiny_unet.py (stage 4b), read without running the script."
-    import ast
-    from pathlib import Path
-    src = (Path(__file__).parents[1] / "scripts" / "train_tiny_unet.py").read_text()
-    line = next(l for l in src.splitlines() if l.startswith("WIDE_WEIGHTS"))
-    return ast.literal_eval(line.split("=", 1)[1].strip())
-
-
-def test_stage_4b_resumes_bit_identically_after_kill_9(tmp_path):
-    """Stage 4b's trainer (ToyTrainer on WIDE_WEIGHTS buckets, fine-tuning the shipped UNet), 6 steps with a checkpoint
+def test_stage_4_resumes_bit_identically_after_kill_9(tmp_path):
+    """Stage 4's trainer (ToyTrainer on the buckets of its centred variant, fine-tuning the shipped UNet), 6 steps with a checkpoint
     every 2: killed with SIGKILL after step 3 (step 3 is lost), then resumed, it ends with exactly the weights, EMA and
     losses of an uninterrupted run."""
     import os, signal, subprocess, sys, time
     from pathlib import Path
     from safetensors.torch import load_file
-    w = repr(_wide_weights())
+    w = repr(toy.CENTRED_V2["weights"])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     def run(out, pause): return subprocess.Popen([sys.executable, "-c", _RESUME_CHILD, str(out), str(pause), w], env=env)
     a, b = tmp_path / "uninterrupted", tmp_path / "killed"
