@@ -7,11 +7,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from fastcore.basics import patch   # adds a method to a class defined in an earlier cell
 from .text_encoder import attention_naive   # written in lesson 04, one home
 
 # %% auto #0
-__all__ = ['ATTENTION_BACKENDS', 'attention_peak_mib', 'attention_sliced', 'split_heads', 'merge_heads', 'Attention',
+__all__ = ['ATTENTION_BACKENDS', 'split_heads', 'merge_heads', 'attention_peak_mib', 'attention_sliced', 'Attention',
            'set_attention_backend', 'mask_to_bias']
+
+# %% ../nbs/05_attention.ipynb #5d932545
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    "B×N×(heads·d) → B×heads×N×d"
+    B, N, C = x.shape
+    return x.view(B, N, heads, C // heads).transpose(1, 2)
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    "B×heads×N×d → B×N×(heads·d)"
+    B, H, N, D = x.shape
+    return x.transpose(1, 2).reshape(B, N, H * D)
 
 # %% ../nbs/05_attention.ipynb #c73bbcbf
 import subprocess, sys
@@ -47,18 +59,7 @@ def attention_sliced(q, k, v, mask=None, scale=None, slice_size: int = 1024, upc
         out[..., i:i + slice_size, :] = attention_naive(q[..., i:i + slice_size, :], k, v, m, scale, upcast=upcast)
     return out
 
-# %% ../nbs/05_attention.ipynb #5d932545
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    "B×N×(heads·d) → B×heads×N×d"
-    B, N, C = x.shape
-    return x.view(B, N, heads, C // heads).transpose(1, 2)
-
-def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    "B×heads×N×d → B×N×(heads·d)"
-    B, H, N, D = x.shape
-    return x.transpose(1, 2).reshape(B, N, H * D)
-
-# %% ../nbs/05_attention.ipynb #e8d47556
+# %% ../nbs/05_attention.ipynb #837ca582
 ATTENTION_BACKENDS = ("sdpa", "naive", "sliced")
 
 class Attention(nn.Module):
@@ -86,41 +87,47 @@ class Attention(nn.Module):
         if slice_size is not None: self.slice_size = slice_size
         return self
 
-    @torch.no_grad()
-    def fuse_projections(self, fuse: bool = True):
-        """One matmul instead of three: stack to_q/to_k/to_v (self-attention) or to_k/to_v (cross-attention) into one
-        weight. The fused copy is a non-persistent buffer (it follows `.to()`, stays out of state dicts), so call this
-        after loading weights; `fuse=False` drops it. Costs one extra copy of those weights."""
-        self.fused_weight = self.fused_bias = None
-        if fuse:
-            mats = [self.to_k, self.to_v] if self.is_cross else [self.to_q, self.to_k, self.to_v]
-            self.fused_weight = torch.cat([m.weight for m in mats])
-            if mats[0].bias is not None: self.fused_bias = torch.cat([m.bias for m in mats])
-        return self
+# %% ../nbs/05_attention.ipynb #ea72be77
+@patch
+@torch.no_grad()
+def fuse_projections(self: Attention, fuse: bool = True):
+    """One matmul instead of three: stack to_q/to_k/to_v (self-attention) or to_k/to_v (cross-attention) into one
+    weight. The fused copy is a non-persistent buffer (it follows `.to()`, stays out of state dicts), so call this
+    after loading weights; `fuse=False` drops it. Costs one extra copy of those weights."""
+    self.fused_weight = self.fused_bias = None
+    if fuse:
+        mats = [self.to_k, self.to_v] if self.is_cross else [self.to_q, self.to_k, self.to_v]
+        self.fused_weight = torch.cat([m.weight for m in mats])
+        if mats[0].bias is not None: self.fused_bias = torch.cat([m.bias for m in mats])
+    return self
 
-    def project(self, x: torch.Tensor, context: torch.Tensor | None = None):
-        "q (from x), k, v (from context; None → x): B×N×inner, B×M×inner, B×M×inner — fused when `fuse_projections` ran."
-        w, b = self.fused_weight, self.fused_bias
-        if w is not None and not self.is_cross and context is None:
-            return F.linear(x, w, b).chunk(3, dim=-1)
-        context = x if context is None else context
-        if w is not None and self.is_cross:
-            return (self.to_q(x), *F.linear(context, w, b).chunk(2, dim=-1))
-        return self.to_q(x), self.to_k(context), self.to_v(context)
+@patch
+def project(self: Attention, x: torch.Tensor, context: torch.Tensor | None = None):
+    "q (from x), k, v (from context; None → x): B×N×inner, B×M×inner, B×M×inner — fused when `fuse_projections` ran."
+    w, b = self.fused_weight, self.fused_bias
+    if w is not None and not self.is_cross and context is None:
+        return F.linear(x, w, b).chunk(3, dim=-1)
+    context = x if context is None else context
+    if w is not None and self.is_cross:
+        return (self.to_q(x), *F.linear(context, w, b).chunk(2, dim=-1))
+    return self.to_q(x), self.to_k(context), self.to_v(context)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None):
-        "x: B×N×query_dim, context: B×M×context_dim (None → x), mask: additive/bool, broadcastable to B×heads×N×M."
-        q, k, v = (split_heads(t, self.heads) for t in self.project(x, context))   # B×h×N×d, B×h×M×d, B×h×M×d
-        if mask is not None and mask.ndim == 3: mask = mask[:, None]      # B×1×(1|N)×M: same for every head
-        if self.keep_weights or self.backend == "naive":
-            o, w = attention_naive(q, k, v, mask, upcast=self.upcast, return_weights=True)
-            self.last_weights = w.detach() if self.keep_weights else None
-        elif self.backend == "sliced":
-            o = attention_sliced(q, k, v, mask, slice_size=self.slice_size, upcast=self.upcast)
-        else:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.to_out[1](self.to_out[0](merge_heads(o)))   # B×N×query_dim
+# %% ../nbs/05_attention.ipynb #4de0190a
+@patch
+def forward(self: Attention, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+    "x: B×N×query_dim, context: B×M×context_dim (None → x), mask: additive/bool, broadcastable to B×heads×N×M."
+    q, k, v = (split_heads(t, self.heads) for t in self.project(x, context))   # B×h×N×d, B×h×M×d, B×h×M×d
+    if mask is not None and mask.ndim == 3: mask = mask[:, None]      # B×1×(1|N)×M: same for every head
+    if self.keep_weights or self.backend == "naive":
+        o, w = attention_naive(q, k, v, mask, upcast=self.upcast, return_weights=True)
+        self.last_weights = w.detach() if self.keep_weights else None
+    elif self.backend == "sliced":
+        o = attention_sliced(q, k, v, mask, slice_size=self.slice_size, upcast=self.upcast)
+    else:
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return self.to_out[1](self.to_out[0](merge_heads(o)))   # B×N×query_dim
 
+# %% ../nbs/05_attention.ipynb #df111791
 def set_attention_backend(model: nn.Module, backend: str = "sdpa", slice_size: int | None = None) -> nn.Module:
     "Switch every `Attention` inside `model` to `backend` ('sdpa', 'naive' or 'sliced')."
     for m in model.modules():

@@ -12,131 +12,14 @@ from .schedule import make_betas, alphas_cumprod as cumprod_alphas, karras_sigma
 from .vae import randn_tensor
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'SD_V1_SCHEDULER_CONFIG', 'DIFFUSERS_DEFAULTS', 'SAMPLER_FNS', 'STOCHASTIC', 'check_sampler',
-           'sampler_settings', 'default_sampler', 'sigma_to_t', 'Plan', 'sampling_plan', 'timesteps',
-           'dynamic_threshold', 'process_x0', 'vp_predict', 'sigma_predict', 'scale_input', 'GaussianMixture',
-           'sliced_wasserstein', 'sample_ddpm', 'sample_ddim', 'sample_pndm', 'sample_euler', 'sample_euler_a',
-           'sample_heun', 'lms_coefficient', 'sample_lms', 'sample_dpmpp_2m', 'img2img_start', 'add_noise_at',
-           'loop_steps', 'inpaint_blend', 'sample']
+__all__ = ['SAMPLERS', 'SD_V1_SCHEDULER_CONFIG', 'DIFFUSERS_DEFAULTS', 'SAMPLER_FNS', 'STOCHASTIC', 'Plan', 'dynamic_threshold',
+           'process_x0', 'vp_predict', 'sigma_predict', 'scale_input', 'GaussianMixture', 'sliced_wasserstein',
+           'sample_ddpm', 'sample_ddim', 'sample_pndm', 'sample_euler', 'sample_euler_a', 'sample_heun',
+           'lms_coefficient', 'sample_lms', 'sample_dpmpp_2m', 'check_sampler', 'sampler_settings', 'default_sampler',
+           'sigma_to_t', 'sampling_plan', 'timesteps', 'img2img_start', 'add_noise_at', 'loop_steps', 'inpaint_blend',
+           'sample']
 
-# %% ../nbs/07_samplers.ipynb #42e2e9ef
-SAMPLERS = ("ddpm", "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_karras")
-SD_V1_SCHEDULER_CONFIG = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-                          "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "set_alpha_to_one": False,
-                          "skip_prk_steps": True, "steps_offset": 1, "clip_sample": False,
-                          "prediction_type": "epsilon", "timestep_spacing": "leading"}
-
-_BASE = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", trained_betas=None,
-             prediction_type="epsilon", timestep_spacing="linspace", steps_offset=0)
-_THRESH = dict(thresholding=False, dynamic_thresholding_ratio=0.995, sample_max_value=1.0)
-_CLIP = dict(clip_sample=True, clip_sample_range=1.0)
-_ZSNR = dict(rescale_betas_zero_snr=False)
-_SIGMA = dict(use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False)
-_DPM = dict(_BASE, **_THRESH, **_SIGMA, **_ZSNR, solver_order=2, algorithm_type="dpmsolver++", solver_type="midpoint",
-            lower_order_final=True, euler_at_final=False, use_lu_lambdas=False, use_flow_sigmas=False,
-            final_sigmas_type="zero", lambda_min_clipped=-float("inf"), variance_type=None)
-DIFFUSERS_DEFAULTS = {   # sampler → (the diffusers class it mirrors, that class's defaults for every setting we read)
-    "ddpm": ("DDPMScheduler", dict(_BASE, **_CLIP, **_THRESH, **_ZSNR, timestep_spacing="leading", variance_type="fixed_small")),
-    "ddim": ("DDIMScheduler", dict(_BASE, **_CLIP, **_THRESH, **_ZSNR, timestep_spacing="leading", set_alpha_to_one=True)),
-    "pndm": ("PNDMScheduler", dict(_BASE, timestep_spacing="leading", skip_prk_steps=False, set_alpha_to_one=False)),
-    "lms": ("LMSDiscreteScheduler", dict(_BASE, **_SIGMA)),
-    "euler": ("EulerDiscreteScheduler", dict(_BASE, **_SIGMA, **_ZSNR, interpolation_type="linear", sigma_min=None,
-                                             sigma_max=None, timestep_type="discrete", final_sigmas_type="zero")),
-    "euler_a": ("EulerAncestralDiscreteScheduler", dict(_BASE, **_ZSNR)),
-    "heun": ("HeunDiscreteScheduler", dict(_BASE, **_SIGMA, beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                                           clip_sample_range=1.0)),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", _DPM),
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", dict(_DPM, use_karras_sigmas=True)),
-}
-_SUPPORTED = {"prediction_type": ("epsilon", "v_prediction"), "timestep_spacing": ("linspace", "leading", "trailing"),
-              "variance_type": ("fixed_small", None), "rescale_betas_zero_snr": (False,),
-              "use_exponential_sigmas": (False,), "use_beta_sigmas": (False,), "use_lu_lambdas": (False,),
-              "use_flow_sigmas": (False,), "interpolation_type": ("linear",), "timestep_type": ("discrete",),
-              "sigma_min": (None,), "sigma_max": (None,), "final_sigmas_type": ("zero",), "solver_order": (2,),
-              "algorithm_type": ("dpmsolver++",), "solver_type": ("midpoint",), "euler_at_final": (False,),
-              "lambda_min_clipped": (-float("inf"),)}
-
-def check_sampler(sampler: str, steps: int = 1):
-    "Raise a clear ValueError for an unknown sampler name or a step count below 1."
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
-
-def sampler_settings(sampler: str, config: dict | None = None) -> dict:
-    "The settings `XScheduler.from_config(config)` would use: that class's defaults, overridden by the keys it knows."
-    check_sampler(sampler)
-    config = SD_V1_SCHEDULER_CONFIG if config is None else config
-    defaults = DIFFUSERS_DEFAULTS[sampler][1]
-    s = {**defaults, **{k: v for k, v in config.items() if k in defaults}}
-    if sampler == "dpmpp_2m_karras": s["use_karras_sigmas"] = True
-    for k, ok in _SUPPORTED.items():
-        if k in s and s[k] not in ok:
-            raise NotImplementedError(f"{sampler}: {k}={s[k]!r} is not supported here (supported: {ok})")
-    return s
-
-# %% ../nbs/07_samplers.ipynb #917330e8
-def default_sampler(config: dict | None) -> str:
-    "The sampler a scheduler config asks for (its diffusers `_class_name`); 'pndm' (SD v1's default) when it names none."
-    name = (config or {}).get("_class_name") or "PNDMScheduler"
-    if name == "DPMSolverMultistepScheduler": return "dpmpp_2m_karras" if config.get("use_karras_sigmas") else "dpmpp_2m"
-    for sampler, (cls, _) in DIFFUSERS_DEFAULTS.items():
-        if cls == name: return sampler
-    raise ValueError(f"scheduler {name!r} is not one of ours; pass one of {', '.join(SAMPLERS)} as the sampler")
-
-# %% ../nbs/07_samplers.ipynb #763c7bce
-def _spacing_ok(ts: np.ndarray, T: int) -> bool:
-    "Usable timesteps lie in [0, T-1] and strictly decrease (a repeat makes a zero step: NaN in DPM-Solver, ÷0 in LMS)."
-    return len(ts) > 0 and ts.min() >= 0 and ts.max() <= T - 1 and bool((np.diff(ts) < 0).all())
-
-def _checked(fn):
-    "Wrap a spacing function: a step count whose timesteps are unusable is an error naming the largest one that works."
-    def spaced(s: dict, n: int) -> np.ndarray:
-        T = s["num_train_timesteps"]
-        if n > T: raise ValueError(f"steps={n} cannot exceed num_train_timesteps={T}: use at most {T} steps")
-        ts = fn(s, n)
-        if _spacing_ok(ts, T): return ts
-        ok = next((m for m in range(n - 1, 0, -1) if _spacing_ok(fn(s, m), T)), 1)
-        raise ValueError(f"steps={n} is too many for this scheduler config ({s['timestep_spacing']!r} spacing, "
-                         f"steps_offset={s.get('steps_offset', 0)}, num_train_timesteps={T}): its timesteps would leave "
-                         f"[0, {T - 1}] or repeat; use at most {ok} steps")
-    spaced.__doc__, spaced.__name__ = fn.__doc__, fn.__name__
-    return spaced
-
-@_checked
-def _int_timesteps(s: dict, n: int) -> np.ndarray:
-    "DDPM/DDIM/PNDM spacing: n integer timesteps, descending."
-    T, spacing = s["num_train_timesteps"], s["timestep_spacing"]
-    if spacing == "linspace": return np.linspace(0, T - 1, n).round()[::-1].astype(np.int64)
-    if spacing == "leading": return (np.arange(n) * (T // n)).round()[::-1].astype(np.int64) + s["steps_offset"]
-    return np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1            # trailing
-
-@_checked
-def _float_timesteps(s: dict, n: int) -> np.ndarray:
-    "LMS/Euler/Euler-ancestral/Heun spacing: n float32 timesteps, descending (linspace ones need not be integers)."
-    T, spacing = s["num_train_timesteps"], s["timestep_spacing"]
-    if spacing == "linspace": return np.linspace(0, T - 1, n, dtype=np.float32)[::-1].copy()
-    if spacing == "leading": return (np.arange(n) * (T // n)).round()[::-1].astype(np.float32) + s["steps_offset"]
-    return np.arange(T, 0, -T / n).round().astype(np.float32) - 1             # trailing
-
-@_checked
-def _dpm_timesteps(s: dict, n: int) -> np.ndarray:
-    "DPM-Solver spacing: n + 1 points, the last (t = 0) dropped."
-    T, spacing = s["num_train_timesteps"], s["timestep_spacing"]
-    if spacing == "linspace": return np.linspace(0, T - 1, n + 1).round()[::-1][:-1].astype(np.int64)
-    if spacing == "leading":
-        return (np.arange(n + 1) * (T // (n + 1))).round()[::-1][:-1].astype(np.int64) + s["steps_offset"]
-    return np.arange(T, 0, -T / n).round().astype(np.int64) - 1
-
-def sigma_to_t(sigma, log_sigmas: np.ndarray) -> np.ndarray:
-    "The fractional timestep whose σ is `sigma`: linear interpolation in log σ between neighbouring timesteps."
-    log_sigma = np.log(np.maximum(sigma, 1e-10))
-    dists = log_sigma - log_sigmas[:, None]
-    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
-    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
-    return ((1 - w) * low + w * (low + 1)).reshape(np.shape(sigma))
-
-# %% ../nbs/07_samplers.ipynb #f66bdd53
+# %% ../nbs/07_samplers.ipynb #54957d6c
 @dataclass
 class Plan:
     "Everything a sampling loop needs, computed once: the same timesteps/σ's as the diffusers scheduler."
@@ -149,59 +32,6 @@ class Plan:
     init_noise_sigma: float         # multiply standard-normal noise by this to start
     order: int = 1                  # model calls per step in diffusers' bookkeeping (Heun: 2)
     prk_timesteps: torch.Tensor | None = None   # PNDM's Runge–Kutta warm-up timesteps (when skip_prk_steps is false)
-
-def _betas(s: dict) -> torch.Tensor:
-    if s["trained_betas"] is not None: return torch.tensor(s["trained_betas"], dtype=torch.float32)
-    return make_betas(s["beta_schedule"], s["num_train_timesteps"], s["beta_start"], s["beta_end"])
-
-def sampling_plan(sampler: str, steps: int = 50, config: dict | None = None) -> Plan:
-    "Timesteps, σ's and start scale of `sampler` with `steps` steps, as diffusers' scheduler picks them from `config`."
-    check_sampler(sampler, steps)
-    s = sampler_settings(sampler, config)
-    if steps > s["num_train_timesteps"]:
-        raise ValueError(f"steps={steps} cannot exceed num_train_timesteps={s['num_train_timesteps']}: use at most "
-                         f"{s['num_train_timesteps']} steps")
-    ac = cumprod_alphas(_betas(s))
-    if sampler in ("ddpm", "ddim"):
-        return Plan(sampler, steps, s, ac, torch.from_numpy(_int_timesteps(s, steps).copy()), None, 1.0)
-    if sampler == "pndm":
-        up = _int_timesteps(s, steps)[::-1]                    # ascending, as PNDM keeps them
-        if s["skip_prk_steps"]:                                # PLMS: the second timestep is visited twice
-            plms = np.concatenate([up[:-1], up[-2:-1], up[-1:]])[::-1].copy()
-            return Plan(sampler, steps, s, ac, torch.from_numpy(plms.astype(np.int64)), None, 1.0)
-        half = s["num_train_timesteps"] // steps // 2          # Runge–Kutta warm-up over the last 4 timesteps, in half steps
-        prk = (np.array(up[-4:]).repeat(2) + np.tile([0, half], 4))[:-1].repeat(2)[1:-1][::-1].astype(np.int64)
-        ts = np.concatenate([prk, up[:-3][::-1]]).astype(np.int64)
-        return Plan(sampler, steps, s, ac, torch.from_numpy(ts), None, 1.0, prk_timesteps=torch.from_numpy(prk.copy()))
-    full = (((1 - ac) / ac) ** 0.5).numpy().copy()             # float32: σ of every training timestep
-    log_full = np.log(full)
-    if sampler.startswith("dpmpp"):
-        if s["use_karras_sigmas"]:
-            sig = karras_sigmas(steps, float(full[0]), float(full[-1])).numpy()
-            ts = np.array([sigma_to_t(x, log_full) for x in sig])
-            if s["beta_schedule"] != "squaredcos_cap_v2": ts = ts.round()
-        else:
-            ts = _dpm_timesteps(s, steps)
-            sig = np.interp(ts, np.arange(len(full)), full)
-        sig = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
-        return Plan(sampler, len(ts), s, ac, torch.from_numpy(ts.astype(np.int64)), sig, 1.0)
-    ts = _float_timesteps(s, steps)
-    sig = np.interp(ts, np.arange(len(full)), full)
-    if s.get("use_karras_sigmas"):
-        sig = karras_sigmas(steps, float(sig[-1]), float(sig[0])).numpy()
-        ts = np.array([sigma_to_t(x, log_full) for x in sig])
-    sig = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
-    ts, order = torch.from_numpy(ts.astype(np.float32)), 1
-    if sampler == "heun":                                      # diffusers interleaves the 2nd-order evaluations
-        sig = torch.cat([sig[:1], sig[1:-1].repeat_interleave(2), sig[-1:]])
-        ts, order = torch.cat([ts[:1], ts[1:].repeat_interleave(2)]), 2
-    smax = sig.max()
-    init = smax if s["timestep_spacing"] in ("linspace", "trailing") else (smax ** 2 + 1) ** 0.5
-    return Plan(sampler, steps, s, ac, ts, sig, float(init), order)
-
-def timesteps(sampler: str, steps: int = 50, config: dict | None = None) -> torch.Tensor:
-    "The timesteps the model is called with — diffusers' `scheduler.timesteps` after `set_timesteps(steps)`."
-    return sampling_plan(sampler, steps, config).timesteps
 
 # %% ../nbs/07_samplers.ipynb #76e5f1e4
 def dynamic_threshold(x0: torch.Tensor, ratio: float = 0.995, max_value: float = 1.0) -> torch.Tensor:
@@ -457,6 +287,180 @@ def sample_dpmpp_2m(model, x, plan: Plan, *, start: int = 0, callback=None, afte
         prev_x0 = x0
         x = _end_step(i, ts[i], x_new.to(out.dtype), x0, callback, after_step)
     return x
+
+# %% ../nbs/07_samplers.ipynb #42e2e9ef
+SAMPLERS = ("ddpm", "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_karras")
+SD_V1_SCHEDULER_CONFIG = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+                          "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "set_alpha_to_one": False,
+                          "skip_prk_steps": True, "steps_offset": 1, "clip_sample": False,
+                          "prediction_type": "epsilon", "timestep_spacing": "leading"}
+
+_BASE = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", trained_betas=None,
+             prediction_type="epsilon", timestep_spacing="linspace", steps_offset=0)
+_THRESH = dict(thresholding=False, dynamic_thresholding_ratio=0.995, sample_max_value=1.0)
+_CLIP = dict(clip_sample=True, clip_sample_range=1.0)
+_ZSNR = dict(rescale_betas_zero_snr=False)
+_SIGMA = dict(use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False)
+_DPM = dict(_BASE, **_THRESH, **_SIGMA, **_ZSNR, solver_order=2, algorithm_type="dpmsolver++", solver_type="midpoint",
+            lower_order_final=True, euler_at_final=False, use_lu_lambdas=False, use_flow_sigmas=False,
+            final_sigmas_type="zero", lambda_min_clipped=-float("inf"), variance_type=None)
+DIFFUSERS_DEFAULTS = {   # sampler → (the diffusers class it mirrors, that class's defaults for every setting we read)
+    "ddpm": ("DDPMScheduler", dict(_BASE, **_CLIP, **_THRESH, **_ZSNR, timestep_spacing="leading", variance_type="fixed_small")),
+    "ddim": ("DDIMScheduler", dict(_BASE, **_CLIP, **_THRESH, **_ZSNR, timestep_spacing="leading", set_alpha_to_one=True)),
+    "pndm": ("PNDMScheduler", dict(_BASE, timestep_spacing="leading", skip_prk_steps=False, set_alpha_to_one=False)),
+    "lms": ("LMSDiscreteScheduler", dict(_BASE, **_SIGMA)),
+    "euler": ("EulerDiscreteScheduler", dict(_BASE, **_SIGMA, **_ZSNR, interpolation_type="linear", sigma_min=None,
+                                             sigma_max=None, timestep_type="discrete", final_sigmas_type="zero")),
+    "euler_a": ("EulerAncestralDiscreteScheduler", dict(_BASE, **_ZSNR)),
+    "heun": ("HeunDiscreteScheduler", dict(_BASE, **_SIGMA, beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                                           clip_sample_range=1.0)),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", _DPM),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", dict(_DPM, use_karras_sigmas=True)),
+}
+_SUPPORTED = {"prediction_type": ("epsilon", "v_prediction"), "timestep_spacing": ("linspace", "leading", "trailing"),
+              "variance_type": ("fixed_small", None), "rescale_betas_zero_snr": (False,),
+              "use_exponential_sigmas": (False,), "use_beta_sigmas": (False,), "use_lu_lambdas": (False,),
+              "use_flow_sigmas": (False,), "interpolation_type": ("linear",), "timestep_type": ("discrete",),
+              "sigma_min": (None,), "sigma_max": (None,), "final_sigmas_type": ("zero",), "solver_order": (2,),
+              "algorithm_type": ("dpmsolver++",), "solver_type": ("midpoint",), "euler_at_final": (False,),
+              "lambda_min_clipped": (-float("inf"),)}
+
+def check_sampler(sampler: str, steps: int = 1):
+    "Raise a clear ValueError for an unknown sampler name or a step count below 1."
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
+
+def sampler_settings(sampler: str, config: dict | None = None) -> dict:
+    "The settings `XScheduler.from_config(config)` would use: that class's defaults, overridden by the keys it knows."
+    check_sampler(sampler)
+    config = SD_V1_SCHEDULER_CONFIG if config is None else config
+    defaults = DIFFUSERS_DEFAULTS[sampler][1]
+    s = {**defaults, **{k: v for k, v in config.items() if k in defaults}}
+    if sampler == "dpmpp_2m_karras": s["use_karras_sigmas"] = True
+    for k, ok in _SUPPORTED.items():
+        if k in s and s[k] not in ok:
+            raise NotImplementedError(f"{sampler}: {k}={s[k]!r} is not supported here (supported: {ok})")
+    return s
+
+# %% ../nbs/07_samplers.ipynb #917330e8
+def default_sampler(config: dict | None) -> str:
+    "The sampler a scheduler config asks for (its diffusers `_class_name`); 'pndm' (SD v1's default) when it names none."
+    name = (config or {}).get("_class_name") or "PNDMScheduler"
+    if name == "DPMSolverMultistepScheduler": return "dpmpp_2m_karras" if config.get("use_karras_sigmas") else "dpmpp_2m"
+    for sampler, (cls, _) in DIFFUSERS_DEFAULTS.items():
+        if cls == name: return sampler
+    raise ValueError(f"scheduler {name!r} is not one of ours; pass one of {', '.join(SAMPLERS)} as the sampler")
+
+# %% ../nbs/07_samplers.ipynb #763c7bce
+def _spacing_ok(ts: np.ndarray, T: int) -> bool:
+    "Usable timesteps lie in [0, T-1] and strictly decrease (a repeat makes a zero step: NaN in DPM-Solver, ÷0 in LMS)."
+    return len(ts) > 0 and ts.min() >= 0 and ts.max() <= T - 1 and bool((np.diff(ts) < 0).all())
+
+def _checked(fn):
+    "Wrap a spacing function: a step count whose timesteps are unusable is an error naming the largest one that works."
+    def spaced(s: dict, n: int) -> np.ndarray:
+        T = s["num_train_timesteps"]
+        if n > T: raise ValueError(f"steps={n} cannot exceed num_train_timesteps={T}: use at most {T} steps")
+        ts = fn(s, n)
+        if _spacing_ok(ts, T): return ts
+        ok = next((m for m in range(n - 1, 0, -1) if _spacing_ok(fn(s, m), T)), 1)
+        raise ValueError(f"steps={n} is too many for this scheduler config ({s['timestep_spacing']!r} spacing, "
+                         f"steps_offset={s.get('steps_offset', 0)}, num_train_timesteps={T}): its timesteps would leave "
+                         f"[0, {T - 1}] or repeat; use at most {ok} steps")
+    spaced.__doc__, spaced.__name__ = fn.__doc__, fn.__name__
+    return spaced
+
+@_checked
+def _int_timesteps(s: dict, n: int) -> np.ndarray:
+    "DDPM/DDIM/PNDM spacing: n integer timesteps, descending."
+    T, spacing = s["num_train_timesteps"], s["timestep_spacing"]
+    if spacing == "linspace": return np.linspace(0, T - 1, n).round()[::-1].astype(np.int64)
+    if spacing == "leading": return (np.arange(n) * (T // n)).round()[::-1].astype(np.int64) + s["steps_offset"]
+    return np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1            # trailing
+
+@_checked
+def _float_timesteps(s: dict, n: int) -> np.ndarray:
+    "LMS/Euler/Euler-ancestral/Heun spacing: n float32 timesteps, descending (linspace ones need not be integers)."
+    T, spacing = s["num_train_timesteps"], s["timestep_spacing"]
+    if spacing == "linspace": return np.linspace(0, T - 1, n, dtype=np.float32)[::-1].copy()
+    if spacing == "leading": return (np.arange(n) * (T // n)).round()[::-1].astype(np.float32) + s["steps_offset"]
+    return np.arange(T, 0, -T / n).round().astype(np.float32) - 1             # trailing
+
+@_checked
+def _dpm_timesteps(s: dict, n: int) -> np.ndarray:
+    "DPM-Solver spacing: n + 1 points, the last (t = 0) dropped."
+    T, spacing = s["num_train_timesteps"], s["timestep_spacing"]
+    if spacing == "linspace": return np.linspace(0, T - 1, n + 1).round()[::-1][:-1].astype(np.int64)
+    if spacing == "leading":
+        return (np.arange(n + 1) * (T // (n + 1))).round()[::-1][:-1].astype(np.int64) + s["steps_offset"]
+    return np.arange(T, 0, -T / n).round().astype(np.int64) - 1
+
+def sigma_to_t(sigma, log_sigmas: np.ndarray) -> np.ndarray:
+    "The fractional timestep whose σ is `sigma`: linear interpolation in log σ between neighbouring timesteps."
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, None]
+    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
+    return ((1 - w) * low + w * (low + 1)).reshape(np.shape(sigma))
+
+# %% ../nbs/07_samplers.ipynb #f66bdd53
+def _betas(s: dict) -> torch.Tensor:
+    if s["trained_betas"] is not None: return torch.tensor(s["trained_betas"], dtype=torch.float32)
+    return make_betas(s["beta_schedule"], s["num_train_timesteps"], s["beta_start"], s["beta_end"])
+
+def sampling_plan(sampler: str, steps: int = 50, config: dict | None = None) -> Plan:
+    "Timesteps, σ's and start scale of `sampler` with `steps` steps, as diffusers' scheduler picks them from `config`."
+    check_sampler(sampler, steps)
+    s = sampler_settings(sampler, config)
+    if steps > s["num_train_timesteps"]:
+        raise ValueError(f"steps={steps} cannot exceed num_train_timesteps={s['num_train_timesteps']}: use at most "
+                         f"{s['num_train_timesteps']} steps")
+    ac = cumprod_alphas(_betas(s))
+    if sampler in ("ddpm", "ddim"):
+        return Plan(sampler, steps, s, ac, torch.from_numpy(_int_timesteps(s, steps).copy()), None, 1.0)
+    if sampler == "pndm":
+        up = _int_timesteps(s, steps)[::-1]                    # ascending, as PNDM keeps them
+        if s["skip_prk_steps"]:                                # PLMS: the second timestep is visited twice
+            plms = np.concatenate([up[:-1], up[-2:-1], up[-1:]])[::-1].copy()
+            return Plan(sampler, steps, s, ac, torch.from_numpy(plms.astype(np.int64)), None, 1.0)
+        if steps < 4:                                          # (diffusers' PNDMScheduler fails with a broadcast error)
+            raise ValueError(f"pndm with its Runge–Kutta warm-up (skip_prk_steps=False) needs steps ≥ 4, got {steps}; "
+                             "use more steps or a config with skip_prk_steps=True")
+        half = s["num_train_timesteps"] // steps // 2          # Runge–Kutta warm-up over the last 4 timesteps, in half steps
+        prk = (np.array(up[-4:]).repeat(2) + np.tile([0, half], 4))[:-1].repeat(2)[1:-1][::-1].astype(np.int64)
+        ts = np.concatenate([prk, up[:-3][::-1]]).astype(np.int64)
+        return Plan(sampler, steps, s, ac, torch.from_numpy(ts), None, 1.0, prk_timesteps=torch.from_numpy(prk.copy()))
+    full = (((1 - ac) / ac) ** 0.5).numpy().copy()             # float32: σ of every training timestep
+    log_full = np.log(full)
+    if sampler.startswith("dpmpp"):
+        if s["use_karras_sigmas"]:
+            sig = karras_sigmas(steps, float(full[0]), float(full[-1])).numpy()
+            ts = np.array([sigma_to_t(x, log_full) for x in sig])
+            if s["beta_schedule"] != "squaredcos_cap_v2": ts = ts.round()
+        else:
+            ts = _dpm_timesteps(s, steps)
+            sig = np.interp(ts, np.arange(len(full)), full)
+        sig = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
+        return Plan(sampler, len(ts), s, ac, torch.from_numpy(ts.astype(np.int64)), sig, 1.0)
+    ts = _float_timesteps(s, steps)
+    sig = np.interp(ts, np.arange(len(full)), full)
+    if s.get("use_karras_sigmas"):
+        sig = karras_sigmas(steps, float(sig[-1]), float(sig[0])).numpy()
+        ts = np.array([sigma_to_t(x, log_full) for x in sig])
+    sig = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
+    ts, order = torch.from_numpy(ts.astype(np.float32)), 1
+    if sampler == "heun":                                      # diffusers interleaves the 2nd-order evaluations
+        sig = torch.cat([sig[:1], sig[1:-1].repeat_interleave(2), sig[-1:]])
+        ts, order = torch.cat([ts[:1], ts[1:].repeat_interleave(2)]), 2
+    smax = sig.max()
+    init = smax if s["timestep_spacing"] in ("linspace", "trailing") else (smax ** 2 + 1) ** 0.5
+    return Plan(sampler, steps, s, ac, ts, sig, float(init), order)
+
+def timesteps(sampler: str, steps: int = 50, config: dict | None = None) -> torch.Tensor:
+    "The timesteps the model is called with — diffusers' `scheduler.timesteps` after `set_timesteps(steps)`."
+    return sampling_plan(sampler, steps, config).timesteps
 
 # %% ../nbs/07_samplers.ipynb #ccc55ec4
 SAMPLER_FNS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "pndm": sample_pndm, "lms": sample_lms,

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from .attention import Attention, set_attention_backend, mask_to_bias
+from fastcore.basics import patch   # adds a method to a class defined in an earlier cell
+from .attention import Attention, mask_to_bias
+from .attention import set_attention_backend as set_backend_everywhere   # lesson 05
 from .hub import check_state_dict
 
 # %% auto #0
@@ -308,110 +310,23 @@ def tiny_unet_config(**overrides) -> dict:
             "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
             "cross_attention_dim": 16, "attention_head_dim": 2, "norm_num_groups": 8, **overrides}
 
-# %% ../nbs/06_unet.ipynb #83ae5866
+# %% ../nbs/06_unet.ipynb #fc14afc3
 class UNet2DConditionModel(nn.Module):
     """The conditional UNet of Stable Diffusion 1.x/2.x: `unet(x, t, context)` → ε (B×out_channels×H×W).
     Parameter names follow diffusers' `UNet2DConditionModel`, so its weights load by name."""
     def __init__(self, config: dict | None = None, **kwargs):
         super().__init__()
         cfg = self.config = resolve_unet_config({**(config or {}), **kwargs})
-        n, ch = len(cfg["down_block_types"]), list(cfg["block_out_channels"])
-        heads = _per_block(cfg["attention_head_dim"], n, "attention_head_dim")   # diffusers quirk: head COUNTS
-        ctx_dim = _per_block(cfg["cross_attention_dim"], n, "cross_attention_dim")
-        layers = _per_block(cfg["layers_per_block"], n, "layers_per_block")
-        depth = _per_block(cfg["transformer_layers_per_block"], n, "transformer_layers_per_block")
-        groups, eps, drop = cfg["norm_num_groups"], cfg["norm_eps"], cfg["dropout"]
-        def attn(i): return dict(heads=heads[i], context_dim=ctx_dim[i], depth=depth[i], dropout=drop,
-                                 use_linear_projection=cfg["use_linear_projection"], upcast=cfg["upcast_attention"])
-        temb = ch[0] * 4
-        self.conv_in = nn.Conv2d(cfg["in_channels"], ch[0], 3, padding=1)
-        self.time_embedding = TimestepEmbedding(ch[0], temb)
-        self.down_blocks = nn.ModuleList([
-            DownBlock2D(ch[max(i - 1, 0)], ch[i], temb, layers[i], add_downsample=i < n - 1,
-                        attn=attn(i) if kind.startswith("CrossAttn") else None, groups=groups, eps=eps, dropout=drop,
-                        downsample_padding=cfg["downsample_padding"])
-            for i, kind in enumerate(cfg["down_block_types"])])
-        self.mid_block = None if cfg["mid_block_type"] is None else UNetMidBlock2DCrossAttn(
-            ch[-1], temb, attn(n - 1), groups, eps, drop, cfg["mid_block_scale_factor"])
-        r = lambda i: n - 1 - i                                          # up level i mirrors down level n-1-i
-        self.up_blocks = nn.ModuleList([
-            UpBlock2D(ch[r(min(i + 1, n - 1))], ch[r(max(i - 1, 0))], ch[r(i)], temb, layers[r(i)] + 1,
-                      add_upsample=i < n - 1, attn=attn(r(i)) if kind.startswith("CrossAttn") else None,
-                      groups=groups, eps=eps, dropout=drop)
-            for i, kind in enumerate(cfg["up_block_types"])])
-        self.conv_norm_out = nn.GroupNorm(groups, ch[0], eps=eps)
-        self.conv_out = nn.Conv2d(ch[0], cfg["out_channels"], 3, padding=1)
+        lv = self._levels()                                              # per-level settings as lists (next cell)
+        ch, temb = lv["channels"], 4 * lv["channels"][0]                 # SD: 320, 640, 1280, 1280; time vector 1280
+        self.conv_in = nn.Conv2d(cfg["in_channels"], ch[0], 3, padding=1)          # 4 latent channels → 320
+        self.time_embedding = TimestepEmbedding(ch[0], temb)                        # 320 sinusoids → 1280 (section 1)
+        self.down_blocks = self._down_blocks(lv, temb)                              # 64 → 32 → 16 → 8
+        self.mid_block = self._mid_block(lv, temb)                                  # at 8×8 (or None)
+        self.up_blocks = self._up_blocks(lv, temb)                                  # 8 → 16 → 32 → 64
+        self.conv_norm_out = nn.GroupNorm(cfg["norm_num_groups"], ch[0], eps=cfg["norm_eps"])
+        self.conv_out = nn.Conv2d(ch[0], cfg["out_channels"], 3, padding=1)        # 320 → 4: the predicted ε
         self.gradient_checkpointing = False
-
-    def time_embed(self, t, batch: int, device, dtype) -> torch.Tensor:
-        "t (int/float, 0-d tensor or one per sample) → B×(4·C₀) time embedding."
-        if not torch.is_tensor(t): t = torch.tensor([t], dtype=torch.float64 if isinstance(t, float) else torch.int64)
-        t = t.to(device)
-        if t.ndim == 0: t = t[None]
-        if t.ndim != 1 or t.shape[0] not in (1, batch):
-            raise ValueError(f"timestep must be a number, a 0-d tensor or one value per sample ({batch}), got shape {tuple(t.shape)}")
-        emb = timestep_embedding(t.expand(batch), self.config["block_out_channels"][0], self.config["flip_sin_to_cos"],
-                                 self.config["freq_shift"])
-        return self.time_embedding(emb.to(dtype))
-
-    def forward(self, x: torch.Tensor, t, context: torch.Tensor | None = None,
-                encoder_attention_mask: torch.Tensor | None = None, encoder_hidden_states=None) -> torch.Tensor:
-        """x: B×in_ch×H×W noisy latents, t: timestep(s), context: B×77×cross_attention_dim → ε, B×out_ch×H×W.
-        `encoder_attention_mask` (B×77, 1 = keep) hides text tokens; `encoder_hidden_states` is an alias of `context`."""
-        if context is None: context = encoder_hidden_states
-        if context is None: raise ValueError("the UNet needs `context`: the text embeddings, B×77×cross_attention_dim")
-        if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
-            raise ValueError(f"expected x of shape B×{self.config['in_channels']}×H×W, got {tuple(x.shape)}"
-                             + (" (an inpainting UNet takes 9 channels: latents, mask, masked-image latents)"
-                                if self.config["in_channels"] == 9 else ""))
-        if context.ndim == 2: context = context[None]
-        if context.shape[0] != x.shape[0]: context = context.expand(x.shape[0], -1, -1)
-        context = context.to(x.dtype)
-        mask = None if encoder_attention_mask is None else mask_to_bias(encoder_attention_mask, x.dtype)
-        n_up = sum(b.upsamplers is not None for b in self.up_blocks)
-        odd = any(s % 2 ** n_up for s in x.shape[-2:])                  # sides not divisible by 2^levels
-
-        if self.config["center_input_sample"]: x = 2 * x - 1.0
-        temb = self.time_embed(t, x.shape[0], x.device, x.dtype)       # B×1280
-        x = self.conv_in(x)                                              # B×320×H×W
-        skips = [x]
-        for blk in self.down_blocks:
-            x, s = blk(x, temb, context, mask)
-            skips += s
-        if self.mid_block is not None: x = self.mid_block(x, temb, context, mask)
-        for blk in self.up_blocks:
-            size = skips[-len(blk.resnets) - 1].shape[2:] if odd and blk.upsamplers is not None else None
-            x = blk(x, skips, temb, context, mask, size)
-        return self.conv_out(norm_silu(self.conv_norm_out, x))          # B×out×H×W
-
-    # ---- switches
-    def enable_gradient_checkpointing(self, on: bool = True):
-        "Recompute each block's activations during backward instead of storing them (training: less memory, more time)."
-        for m in self.modules():
-            if hasattr(m, "gradient_checkpointing"): m.gradient_checkpointing = on
-        return self
-
-    def disable_gradient_checkpointing(self): return self.enable_gradient_checkpointing(False)
-
-    @property
-    def is_gradient_checkpointing(self) -> bool: return self.gradient_checkpointing
-
-    def set_attention_backend(self, backend: str = "sdpa", slice_size: int | None = None):
-        "'sdpa' (default, fused kernel), 'naive' (the textbook formula) or 'sliced' (naive, `slice_size` queries at a time)."
-        return set_attention_backend(self, backend, slice_size)
-
-    def fuse_qkv_projections(self, fuse: bool = True):
-        "Every attention's q/k/v (self) or k/v (cross) as one matmul (lesson 05's `fuse_projections`); after loading weights."
-        for m in self.modules():
-            if isinstance(m, Attention): m.fuse_projections(fuse)
-        return self
-
-    def unfuse_qkv_projections(self): return self.fuse_qkv_projections(False)
-
-    def set_attention_slice(self, slice_size="auto"):
-        "diffusers-style switch: None → SDPA; 'auto' (1024 queries), 'max' (1) or an int → sliced attention."
-        if slice_size is None: return self.set_attention_backend("sdpa")
-        return self.set_attention_backend("sliced", {"auto": 1024, "max": 1}.get(slice_size, slice_size))
 
     @property
     def dtype(self) -> torch.dtype: return next(self.parameters()).dtype
@@ -419,38 +334,177 @@ class UNet2DConditionModel(nn.Module):
     @property
     def device(self) -> torch.device: return next(self.parameters()).device
 
-    # ---- building, loading, saving
-    @classmethod
-    def from_config(cls, config: dict, device=None, dtype=None, **kwargs):
-        "Build from a diffusers UNet config dict (random initial weights)."
-        with torch.device(device or "cpu"): m = cls(config, **kwargs)
-        return m if dtype is None else m.to(dtype)
+# %% ../nbs/06_unet.ipynb #f30b8d24
+@patch
+def _levels(self: UNet2DConditionModel) -> dict:
+    "The per-level settings as lists, one entry per down block (a single value in the config means: every level)."
+    cfg = self.config
+    n = len(cfg["down_block_types"])
+    per = {k: _per_block(cfg[k], n, k) for k in
+           ("attention_head_dim", "cross_attention_dim", "layers_per_block", "transformer_layers_per_block")}
+    return dict(n=n, channels=list(cfg["block_out_channels"]), heads=per["attention_head_dim"],  # diffusers quirk: COUNTS
+                context_dim=per["cross_attention_dim"], layers=per["layers_per_block"],
+                depth=per["transformer_layers_per_block"])
 
-    @classmethod
-    def from_pretrained(cls, path, subfolder: str | None = None, variant: str | None = None, device=None,
-                        dtype=None, torch_dtype=None):
-        """Load a diffusers UNet folder: config.json + diffusion_pytorch_model[.variant].safetensors (or sharded, or .bin).
-        Weights are cast to `dtype` (default float32); `variant="fp16"` picks the `.fp16.` files."""
-        path = Path(path) / (subfolder or "")
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} has no config.json: expected a diffusers UNet folder (config.json + "
-                                    "diffusion_pytorch_model.safetensors); for a pipeline folder pass subfolder='unet'")
-        config = json.loads((path / "config.json").read_text())
-        sd = load_state_dict_file(path, "diffusion_pytorch_model", variant)
-        with torch.device("meta"): m = cls(config)                     # no memory, no random init
-        load_strict(m, sd, dtype or torch_dtype or torch.float32)
-        return (m if device is None else m.to(device)).eval()
+@patch
+def _transformer_args(self: UNet2DConditionModel, lv: dict, i: int) -> dict:
+    "The keyword arguments of level i's spatial transformers (`Transformer2DModel`)."
+    cfg = self.config
+    return dict(heads=lv["heads"][i], context_dim=lv["context_dim"][i], depth=lv["depth"][i], dropout=cfg["dropout"],
+                use_linear_projection=cfg["use_linear_projection"], upcast=cfg["upcast_attention"])
 
-    def save_pretrained(self, path, variant: str | None = None):
-        "Write config.json + diffusion_pytorch_model[.variant].safetensors (the format diffusers and we read)."
-        from safetensors.torch import save_file
-        path = Path(path); path.mkdir(parents=True, exist_ok=True)
-        cfg = {"_class_name": "UNet2DConditionModel", "_diffusers_version": "0.42.1", **self.config}
-        (path / "config.json").write_text(json.dumps(cfg, indent=2, default=list))
-        name = "diffusion_pytorch_model" + (f".{variant}" if variant else "") + ".safetensors"
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path / name),
-                  metadata={"format": "pt"})
-        return path
+# %% ../nbs/06_unet.ipynb #6f51818d
+@patch
+def _down_blocks(self: UNet2DConditionModel, lv: dict, temb: int) -> nn.ModuleList:
+    "The contracting path: one DownBlock2D per level, halving the resolution on every level but the last."
+    cfg, ch, n = self.config, lv["channels"], lv["n"]
+    return nn.ModuleList([
+        DownBlock2D(ch[max(i - 1, 0)], ch[i], temb, lv["layers"][i], add_downsample=i < n - 1,
+                    attn=self._transformer_args(lv, i) if kind.startswith("CrossAttn") else None,
+                    groups=cfg["norm_num_groups"], eps=cfg["norm_eps"], dropout=cfg["dropout"],
+                    downsample_padding=cfg["downsample_padding"])
+        for i, kind in enumerate(cfg["down_block_types"])])
+
+# %% ../nbs/06_unet.ipynb #4da30386
+@patch
+def _mid_block(self: UNet2DConditionModel, lv: dict, temb: int):
+    "ResBlock → transformer → ResBlock at the lowest resolution (None when the config says `mid_block_type: null`)."
+    cfg, n = self.config, lv["n"]
+    if cfg["mid_block_type"] is None: return None
+    return UNetMidBlock2DCrossAttn(lv["channels"][-1], temb, self._transformer_args(lv, n - 1), cfg["norm_num_groups"],
+                                   cfg["norm_eps"], cfg["dropout"], cfg["mid_block_scale_factor"])
+
+@patch
+def _up_blocks(self: UNet2DConditionModel, lv: dict, temb: int) -> nn.ModuleList:
+    "The expanding path: up block i mirrors down level n−1−i, with one ResBlock more, doubling the resolution but last."
+    cfg, ch, n = self.config, lv["channels"], lv["n"]
+    r = lambda i: n - 1 - i                                              # up level i mirrors down level n-1-i
+    return nn.ModuleList([
+        UpBlock2D(ch[r(min(i + 1, n - 1))], ch[r(max(i - 1, 0))], ch[r(i)], temb, lv["layers"][r(i)] + 1,
+                  add_upsample=i < n - 1, attn=self._transformer_args(lv, r(i)) if kind.startswith("CrossAttn") else None,
+                  groups=cfg["norm_num_groups"], eps=cfg["norm_eps"], dropout=cfg["dropout"])
+        for i, kind in enumerate(cfg["up_block_types"])])
+
+# %% ../nbs/06_unet.ipynb #d8d8c699
+@patch
+def time_embed(self: UNet2DConditionModel, t, batch: int, device, dtype) -> torch.Tensor:
+    "t (int/float, 0-d tensor or one per sample) → B×(4·C₀) time embedding."
+    if not torch.is_tensor(t): t = torch.tensor([t], dtype=torch.float64 if isinstance(t, float) else torch.int64)
+    t = t.to(device)
+    if t.ndim == 0: t = t[None]
+    if t.ndim != 1 or t.shape[0] not in (1, batch):
+        raise ValueError(f"timestep must be a number, a 0-d tensor or one value per sample ({batch}), got shape {tuple(t.shape)}")
+    emb = timestep_embedding(t.expand(batch), self.config["block_out_channels"][0], self.config["flip_sin_to_cos"],
+                             self.config["freq_shift"])
+    return self.time_embedding(emb.to(dtype))
+
+# %% ../nbs/06_unet.ipynb #1d20994e
+@patch
+def _check_inputs(self: UNet2DConditionModel, x, context, encoder_attention_mask, encoder_hidden_states):
+    "Validate x, pick and broadcast the context (B×M×D, x's dtype), turn the token mask into an additive bias."
+    if context is None: context = encoder_hidden_states
+    if context is None: raise ValueError("the UNet needs `context`: the text embeddings, B×77×cross_attention_dim")
+    if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
+        raise ValueError(f"expected x of shape B×{self.config['in_channels']}×H×W, got {tuple(x.shape)}"
+                         + (" (an inpainting UNet takes 9 channels: latents, mask, masked-image latents)"
+                            if self.config["in_channels"] == 9 else ""))
+    if context.ndim == 2: context = context[None]
+    if context.shape[0] != x.shape[0]: context = context.expand(x.shape[0], -1, -1)
+    context = context.to(x.dtype)
+    mask = None if encoder_attention_mask is None else mask_to_bias(encoder_attention_mask, x.dtype)
+    return context, mask
+
+# %% ../nbs/06_unet.ipynb #7efef6d6
+@patch
+def forward(self: UNet2DConditionModel, x: torch.Tensor, t, context: torch.Tensor | None = None,
+            encoder_attention_mask: torch.Tensor | None = None, encoder_hidden_states=None) -> torch.Tensor:
+    """x: B×in_ch×H×W noisy latents, t: timestep(s), context: B×77×cross_attention_dim → ε, B×out_ch×H×W.
+    `encoder_attention_mask` (B×77, 1 = keep) hides text tokens; `encoder_hidden_states` is an alias of `context`."""
+    context, mask = self._check_inputs(x, context, encoder_attention_mask, encoder_hidden_states)
+    n_up = sum(b.upsamplers is not None for b in self.up_blocks)
+    odd = any(s % 2 ** n_up for s in x.shape[-2:])                      # sides not divisible by 2^levels
+
+    if self.config["center_input_sample"]: x = 2 * x - 1.0
+    temb = self.time_embed(t, x.shape[0], x.device, x.dtype)           # B×1280
+    x = self.conv_in(x)                                                  # B×320×H×W
+    skips = [x]
+    for blk in self.down_blocks:
+        x, s = blk(x, temb, context, mask)
+        skips += s
+    if self.mid_block is not None: x = self.mid_block(x, temb, context, mask)
+    for blk in self.up_blocks:
+        size = skips[-len(blk.resnets) - 1].shape[2:] if odd and blk.upsamplers is not None else None
+        x = blk(x, skips, temb, context, mask, size)
+    return self.conv_out(norm_silu(self.conv_norm_out, x))              # B×out×H×W
+
+# %% ../nbs/06_unet.ipynb #4caad42d
+@patch
+def enable_gradient_checkpointing(self: UNet2DConditionModel, on: bool = True):
+    "Recompute each block's activations during backward instead of storing them (training: less memory, more time)."
+    for m in self.modules():
+        if hasattr(m, "gradient_checkpointing"): m.gradient_checkpointing = on
+    return self
+
+@patch
+def disable_gradient_checkpointing(self: UNet2DConditionModel): return self.enable_gradient_checkpointing(False)
+
+@patch(as_prop=True)
+def is_gradient_checkpointing(self: UNet2DConditionModel) -> bool: return self.gradient_checkpointing
+
+@patch
+def set_attention_backend(self: UNet2DConditionModel, backend: str = "sdpa", slice_size: int | None = None):
+    "'sdpa' (default, fused kernel), 'naive' (the textbook formula) or 'sliced' (naive, `slice_size` queries at a time)."
+    return set_backend_everywhere(self, backend, slice_size)
+
+@patch
+def fuse_qkv_projections(self: UNet2DConditionModel, fuse: bool = True):
+    "Every attention's q/k/v (self) or k/v (cross) as one matmul (lesson 05's `fuse_projections`); after loading weights."
+    for m in self.modules():
+        if isinstance(m, Attention): m.fuse_projections(fuse)
+    return self
+
+@patch
+def unfuse_qkv_projections(self: UNet2DConditionModel): return self.fuse_qkv_projections(False)
+
+@patch
+def set_attention_slice(self: UNet2DConditionModel, slice_size="auto"):
+    "diffusers-style switch: None → SDPA; 'auto' (1024 queries), 'max' (1) or an int → sliced attention."
+    if slice_size is None: return self.set_attention_backend("sdpa")
+    return self.set_attention_backend("sliced", {"auto": 1024, "max": 1}.get(slice_size, slice_size))
+
+# %% ../nbs/06_unet.ipynb #76a2ac01
+@patch(cls_method=True)
+def from_config(cls: UNet2DConditionModel, config: dict, device=None, dtype=None, **kwargs):
+    "Build from a diffusers UNet config dict (random initial weights)."
+    with torch.device(device or "cpu"): m = cls(config, **kwargs)
+    return m if dtype is None else m.to(dtype)
+
+@patch(cls_method=True)
+def from_pretrained(cls: UNet2DConditionModel, path, subfolder: str | None = None, variant: str | None = None,
+                    device=None, dtype=None, torch_dtype=None):
+    """Load a diffusers UNet folder: config.json + diffusion_pytorch_model[.variant].safetensors (or sharded, or .bin).
+    Weights are cast to `dtype` (default float32); `variant="fp16"` picks the `.fp16.` files."""
+    path = Path(path) / (subfolder or "")
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} has no config.json: expected a diffusers UNet folder (config.json + "
+                                "diffusion_pytorch_model.safetensors); for a pipeline folder pass subfolder='unet'")
+    config = json.loads((path / "config.json").read_text())
+    sd = load_state_dict_file(path, "diffusion_pytorch_model", variant)
+    with torch.device("meta"): m = cls(config)                         # no memory, no random init
+    load_strict(m, sd, dtype or torch_dtype or torch.float32)
+    return (m if device is None else m.to(device)).eval()
+
+@patch
+def save_pretrained(self: UNet2DConditionModel, path, variant: str | None = None):
+    "Write config.json + diffusion_pytorch_model[.variant].safetensors (the format diffusers and we read)."
+    from safetensors.torch import save_file
+    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    cfg = {"_class_name": "UNet2DConditionModel", "_diffusers_version": "0.42.1", **self.config}
+    (path / "config.json").write_text(json.dumps(cfg, indent=2, default=list))
+    name = "diffusion_pytorch_model" + (f".{variant}" if variant else "") + ".safetensors"
+    save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path / name),
+              metadata={"format": "pt"})
+    return path
 
 # %% ../nbs/06_unet.ipynb #df4a6e30
 from .hub import read_component_weights as load_state_dict_file   # lesson 00a reads weight folders

@@ -254,3 +254,10 @@ def test_steps_up_to_num_train_timesteps(name, config):
             assert m < n and torch.isfinite(sample(model, noise, name, m, config)).all()
         else: assert torch.isfinite(out).all(), (name, n)
     with pytest.raises(ValueError, match="steps"): sample(model, noise, name, 1001, config)
+
+
+def test_pndm_prk_warmup_needs_four_steps():
+    "PNDM with its Runge–Kutta warm-up cannot fit in fewer than 4 steps: a clear ValueError, not a numpy broadcast error."
+    cfg = {**SD_V1_SCHEDULER_CONFIG, "skip_prk_steps": False}
+    with pytest.raises(ValueError, match="needs steps ≥ 4"): sampling_plan("pndm", 3, cfg)
+    assert len(sampling_plan("pndm", 4, cfg).timesteps) > 4
