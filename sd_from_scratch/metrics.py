@@ -160,9 +160,15 @@ def plot_sweep(rows: list[dict], param: str = "guidance_scale", ax=None, label: 
     if "fid_std" in rows[0]:                                             # rows from `toy_sweep_seeds`: ±1 std over seeds
         ax.errorbar(x, y, xerr=[r.get("clip_score_std", 0) for r in rows], yerr=[r["fid_std"] for r in rows], fmt="none",
                     ecolor=line.get_color(), elinewidth=0.8, capsize=2)
+    xr, yr = (max(x) - min(x)) or 1.0, (max(y) - min(y)) or 1.0
+    groups = []                                   # points closer than 3 % of both ranges share one label ("3, 7.5")
     for r, xi, yi in zip(rows, x, y):
-        v = r[param]
-        ax.annotate(f"{v:g}" if isinstance(v, (int, float)) else str(v), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        v = r[param]; txt = f"{v:g}" if isinstance(v, (int, float)) else str(v)
+        for grp in groups:
+            if abs(grp[0] - xi) < 0.03 * xr and abs(grp[1] - yi) < 0.03 * yr: grp[2].append(txt); break
+        else: groups.append([xi, yi, [txt]])
+    for xi, yi, txts in groups:
+        ax.annotate(", ".join(txts), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("CLIP score (↑ better alignment)"); ax.set_ylabel("FID (↓ more realistic)")
     if label: ax.legend(fontsize=7)
     return ax
