@@ -18,7 +18,7 @@ A1111_SAMPLERS = {"ddpm": "DDPM", "ddim": "DDIM", "pndm": "PLMS", "lms": "LMS", 
 _FROM_A1111 = {v.lower(): k for k, v in A1111_SAMPLERS.items()}
 _KEYS = [("steps", "Steps"), ("sampler", "Sampler"), ("guidance", "CFG scale"), ("seed", "Seed"), ("size", "Size"),
          ("model", "Model"), ("strength", "Denoising strength"), ("eta", "Eta"), ("rescale", "Guidance rescale"),
-         ("threshold", "Dynamic threshold"), ("weighting", "Prompt weighting"), ("fast", "Fast sampling"),
+         ("threshold", "Dynamic threshold"), ("threshold_max", "Threshold max"), ("weighting", "Prompt weighting"), ("fast", "Fast sampling"),
          ("lora_hashes", "Lora hashes"), ("ti_hashes", "TI hashes")]
 _FLAGS, _QUOTED = ("weighting", "fast"), ("lora_hashes", "ti_hashes")     # on/off keys; "name: hash, …" lists (quoted, as A1111)
 
@@ -56,7 +56,7 @@ def parse_parameters(text: str) -> dict:
             if k == "sampler": v = _FROM_A1111.get(v.lower(), v)
             elif k == "size": v = tuple(int(s) for s in v.split("x"))
             elif k in ("steps", "seed"): v = int(v)
-            elif k in ("guidance", "strength", "eta", "rescale", "threshold"): v = float(v)
+            elif k in ("guidance", "strength", "eta", "rescale", "threshold", "threshold_max"): v = float(v)
             elif k in _FLAGS: v = v.lower() in ("on", "true", "1")
             elif k in _QUOTED: v = v.strip('"')
         except ValueError: raise ValueError(f"cannot read '{key}: {v}' in the parameters text") from None
@@ -268,8 +268,11 @@ def _check_numbers(p: dict, num):
     check_int("--steps", p["steps"], 1)
     check_int("--seed", p["seed"], 0, SEED_MAX - (num - 1))
     check_float("--guidance", p["guidance"], 0.0)
-    for k, lo, hi in (("eta", 0.0, None), ("rescale", 0.0, 1.0), ("threshold", 0.0, 1.0), ("strength", 0.0, 1.0)):
-        if p.get(k) is not None: check_float(f"--{k}", p[k], lo, hi)
+    for k, lo, hi in (("eta", 0.0, None), ("rescale", 0.0, 1.0), ("threshold", 0.0, 1.0), ("threshold_max", 1.0, None),
+                      ("strength", 0.0, 1.0)):
+        if p.get(k) is not None: check_float(f"--{k.replace('_', '-')}", p[k], lo, hi)
+    if p.get("threshold_max") is not None and not p.get("threshold"):
+        raise ValueError("--threshold-max is the upper bound of thresholding's s: it needs --threshold (e.g. --threshold 0.995)")
 
 def _settings(a, kind: str) -> dict:
     p = {}
@@ -278,7 +281,7 @@ def _settings(a, kind: str) -> dict:
         for k in ("model",): p.pop(k, None)
     given = {"prompt": a.prompt, "negative": a.negative, "steps": a.steps, "sampler": a.sampler,
              "guidance": a.guidance, "seed": a.seed, "size": parse_size(a.size), "eta": a.eta,
-             "rescale": a.rescale, "threshold": a.threshold, "strength": getattr(a, "strength", None),
+             "rescale": a.rescale, "threshold": a.threshold, "threshold_max": a.threshold_max, "strength": getattr(a, "strength", None),
              "weighting": a.weighting or None, "fast": a.fast or None}
     p.update({k: v for k, v in given.items() if v is not None})
     if not p.get("prompt") and p.get("prompt") != "":
@@ -288,6 +291,8 @@ def _settings(a, kind: str) -> dict:
         import random
         p["seed"] = random.randrange(2**31)
     _check_numbers(p, getattr(a, "num", 1))
+    if kind == "inpaint" and p.get("threshold"):
+        raise ValueError("sdfs inpaint does not threshold x̂₀ (the inpainting pipeline has no thresholding): drop --threshold")
     if kind == "txt2img": p.pop("strength", None)
     else: p.setdefault("strength", 0.8 if kind == "img2img" else 1.0)
     return p
@@ -314,7 +319,7 @@ def _generate(a, kind: str, p: dict, paths: list[Path]) -> list[Path]:
     w, h = p["size"]
     kw = dict(negative_prompt=p.get("negative"), steps=p["steps"], guidance_scale=p["guidance"], sampler=p["sampler"],
               eta=p.get("eta") or 0.0, guidance_rescale=p.get("rescale") or 0.0, prompt_weighting=bool(p.get("weighting")))
-    if p.get("threshold") and kind != "inpaint": kw["dynamic_threshold"] = p["threshold"]
+    if p.get("threshold"): kw.update(dynamic_threshold=p["threshold"], threshold_max=p.get("threshold_max") or 1.0)
     written = []
     for i, path in enumerate(paths):
         pi = dict(p, seed=p["seed"] + i)
@@ -341,7 +346,11 @@ def _image_options(ap: argparse.ArgumentParser):
     ap.add_argument("--overwrite", action="store_true", help="allow replacing the --out file (a folder always gets fresh names)")
     ap.add_argument("--eta", type=float, default=None, help="DDIM η (0 = deterministic)")
     ap.add_argument("--rescale", type=float, default=None, help="guidance rescale φ (Lin et al. 2023), e.g. 0.7")
-    ap.add_argument("--threshold", type=float, default=None, help="dynamic thresholding percentile, e.g. 0.995")
+    ap.add_argument("--threshold", type=float, default=None, metavar="P",
+                    help="threshold x̂₀ at every step: s = the P-th quantile of |x̂₀| (e.g. 0.995), clamped to [1, --threshold-max]; "
+                         "with the default max 1 this is static clipping to ±1 (lesson 08: both hurt latent models)")
+    ap.add_argument("--threshold-max", type=float, default=None, metavar="S",
+                    help="upper bound of s (default 1 = static clipping); > 1 gives Imagen's dynamic thresholding")
     ap.add_argument("--from-png", default=None, help="take prompt and settings from a PNG written by sdfs or A1111")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
@@ -350,7 +359,7 @@ def _image_options(ap: argparse.ArgumentParser):
     ap.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
                     help="a textual-inversion embedding (A1111 .pt/.safetensors or diffusers); repeat for several")
     ap.add_argument("--weighting", action="store_true", help="A1111 prompt weighting (word:1.3), (word), [word] and prompts past 75 tokens")
-    ap.add_argument("--fast", action="store_true", help="bf16 on a CPU + DeepCache + guidance interval (lesson 10a): ~30 % of the UNet work, slightly different images")
+    ap.add_argument("--fast", action="store_true", help="bf16 on a CPU + DeepCache + guidance interval (lesson 10a): ~30 %% of the UNet work, slightly different images")
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sdfs", description="Stable Diffusion from scratch: generate images, train and evaluate.",

@@ -244,8 +244,8 @@ def test_explorer_in_a_real_browser(lab, browser, tmp_path):
     assert abs(pv["w"] - PREVIEW_W) <= 1 and abs(pv["h"] - PREVIEW_W * pv["nh"] / pv["nw"]) <= 1, pv
     assert pv["nw"] == pv["nh"], pv
 
-    # An invalid combination is prevented and explained: Imagen thresholding, then a sampler that cannot threshold.
-    threshold.select_by_visible_text("Imagen 0.995")
+    # An invalid combination is prevented and explained: dynamic thresholding, then a sampler that cannot threshold.
+    threshold.select_by_visible_text("Imagen dynamic, s ≤ 10")
     sampler = Select(_q(browser, ".sdfs-sampler select"))
     sampler.select_by_visible_text("euler")
     msg = clock.wait("the explanation for euler + thresholding", lambda: "threshold turned off" in _status(browser) and _q(browser, ".sdfs-status"), 10)

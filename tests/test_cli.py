@@ -190,3 +190,28 @@ def test_fast_flag_is_recorded_and_reproduced(tmp_path, one_thread):
     assert (np.asarray(Image.open(tmp_path / "f.png")) == np.asarray(Image.open(tmp_path / "g.png"))).all()
     assert main(["generate", P, "--seed", "3", "--steps", "6", "--out", str(tmp_path / "slow.png")]) == 0
     assert "Fast sampling" not in Image.open(tmp_path / "slow.png").info["parameters"]
+
+@pytest.mark.parametrize("command", ["generate", "img2img", "inpaint", "train", "sweep"])
+def test_every_help_text_prints(command, capsys):
+    "argparse %-formats help strings: a stray '%' (say '~30 % of') crashes `--help` with a TypeError."
+    with pytest.raises(SystemExit) as e: main([command, "--help"])
+    assert e.value.code == 0 and "usage: sdfs" in capsys.readouterr().out
+
+def test_threshold_options_are_what_they_say(tmp_path, capsys, one_thread):
+    "--threshold alone is static clipping (s ≤ 1); --threshold-max > 1 is Imagen's dynamic thresholding; both are recorded."
+    with pytest.raises(SystemExit): main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert "static clipping" in out and "--threshold-max" in out
+    args = ["--seed", "2", "--sampler", "ddim", "--threshold", "0.995"]
+    assert gen(*args, "--out", str(tmp_path / "static.png")) == 0
+    assert gen(*args, "--threshold-max", "10", "--out", str(tmp_path / "dynamic.png")) == 0
+    p = read_parameters(tmp_path / "dynamic.png")
+    assert (p["threshold"], p["threshold_max"]) == (0.995, 10.0) and "threshold_max" not in read_parameters(tmp_path / "static.png")
+    static, dynamic = (np.asarray(Image.open(tmp_path / f"{k}.png")) for k in ("static", "dynamic"))
+    assert (static != dynamic).any()
+    assert main(["generate", "--from-png", str(tmp_path / "dynamic.png"), "--out", str(tmp_path / "again.png")]) == 0
+    assert (np.asarray(Image.open(tmp_path / "again.png")) == dynamic).all()
+    capsys.readouterr()
+    assert gen("--threshold-max", "10", "--out", str(tmp_path)) == 2 and "needs --threshold" in capsys.readouterr().err
+    assert gen("--threshold", "0.995", "--threshold-max", "0.5", "--out", str(tmp_path)) == 2
+    assert "--threshold-max" in capsys.readouterr().err

@@ -4,7 +4,8 @@ import json
 from pathlib import Path
 import pytest
 from PIL import Image
-from sd_from_scratch.widgets import (Explorer, THRESHOLDS, colour_error, fit_preview, grid_shape, resize_for_display)
+from sd_from_scratch.widgets import (Explorer, THRESHOLDS, THRESHOLD_SETTINGS, colour_error, fit_preview, grid_shape,
+                                    resize_for_display)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,14 +17,29 @@ def ex(one_thread):
     return e
 
 def test_defaults_are_selected_options(ex):
-    assert (ex.threshold.index, ex.threshold.label, ex.threshold.value) == (0, "off", 0.0)
+    assert (ex.threshold.index, ex.threshold.label, ex.threshold.value) == (0, "off", "off")
     assert ex.sampler.value == ex.pipe.default_sampler and ex.settings()["dynamic_threshold"] is None
 
+def test_threshold_choices_are_what_they_say():
+    "Static clipping caps s at 1; the dynamic choice lets s grow past 1 (with s_max = 1 it would be static clipping)."
+    assert [label for label, _ in THRESHOLDS] == ["off", "static clip ±1", "Imagen dynamic, s ≤ 10"]
+    assert THRESHOLD_SETTINGS["static"] == dict(dynamic_threshold=0.995, threshold_max=1.0)
+    assert THRESHOLD_SETTINGS["dynamic"]["threshold_max"] > 1 and 0 < THRESHOLD_SETTINGS["dynamic"]["dynamic_threshold"] < 1
+
+def test_dynamic_differs_from_static(ex):
+    "On the trained model the two choices give different latents (they would be identical if s were capped at 1)."
+    ex.sampler.value, out = "ddim", {}
+    for key in ("static", "dynamic"):
+        ex.threshold.value = key
+        out[key] = ex.pipe(**{**ex.settings(), "steps": 4, "num_images": 1}, output_type="latent", progress=False)
+    ex.threshold.value = "off"
+    assert (out["static"] - out["dynamic"]).abs().max() > 1e-3
+
 def test_threshold_follows_the_sampler(ex):
-    ex.sampler.value, ex.threshold.value = "ddim", 0.995
-    assert ex.settings()["dynamic_threshold"] == 0.995
+    ex.sampler.value, ex.threshold.value = "ddim", "dynamic"
+    assert (ex.settings()["dynamic_threshold"], ex.settings()["threshold_max"]) == (0.995, 10.0)
     ex.sampler.value = "euler"
-    assert (ex.threshold.value, ex.threshold.disabled, tuple(ex.threshold.options)) == (0.0, True, THRESHOLDS[:1])
+    assert (ex.threshold.value, ex.threshold.disabled, tuple(ex.threshold.options)) == ("off", True, THRESHOLDS[:1])
     assert "threshold turned off" in ex.message and "euler" in ex.message and "sdfs-warn" in ex.status.value
     ex.sampler.value = "ddim"
     assert not ex.threshold.disabled and len(ex.threshold.options) == len(THRESHOLDS)
