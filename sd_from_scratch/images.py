@@ -98,7 +98,7 @@ def _as_rgb(img) -> Image.Image:
 
 def pil_to_tensor(images, height: int | None = None, width: int | None = None, multiple: int = 8) -> torch.Tensor:
     """PIL image(s) (or paths) → float32 tensor B×3×H×W in [-1, 1], as diffusers' `VaeImageProcessor.preprocess`.
-    Sides are rounded down to a multiple of `multiple` unless `height`/`width` are given (then they must divisible by it)."""
+    Sides are rounded down to a multiple of `multiple` unless `height`/`width` are given (then they must be divisible by it)."""
     if not isinstance(images, (list, tuple)): images = [images]
     images = [_as_rgb(im) for im in images]
     w0, h0 = images[0].size
