@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['PALETTE', 'COLOURS', 'TOY_VAE_CONFIG', 'TOY_TEXT_CONFIG', 'TOY_UNET_CONFIG', 'TOY_SCHEDULER_CONFIG', 'TOY_TRAIN',
-           'BUCKETS', 'BUCKET_WEIGHTS', 'CENTRED_V2', 'P_DROP', 'TOY2_TRAIN', 'TOY_INPAINT_TRAIN', 'ACCEPTANCE',
+           'BUCKETS', 'BUCKET_WEIGHTS', 'BUCKET_JITTER', 'P_DROP', 'TOY2_TRAIN', 'TOY_INPAINT_TRAIN', 'ACCEPTANCE',
            'caption', 'palette_tensor', 'load_digits', 'render', 'ToyDataset', 'toy_dataset', 'DigitClassifier',
            'train_digit_classifier', 'classifier_accuracy', 'repo_data_dir', 'load_digit_classifier', 'read_colours',
            'read_images', 'train_toy_vae', 'measure_scaling_factor', 'ToyImageEncoder', 'ToyCLIP', 'clip_loss',
@@ -492,10 +492,8 @@ def knob_grid(rows: dict, col_titles=None, size: float = 0.7, title: str | None 
 
 # %% ../nbs/12_toy_world.ipynb #a7d0b002
 BUCKETS = ((32, 32), (48, 32), (32, 48), (64, 32), (32, 64))      # (width, height) in pixels
-BUCKET_WEIGHTS = (0.4, 0.15, 0.15, 0.15, 0.15)                       # share of the training images per bucket
-# the "centred" variant of stage 4 (measured below, not shipped): 80 % wide or tall canvases, the digit within ±6 px
-# of the centre (`jitter`)
-CENTRED_V2 = dict(weights=(0.1, 0.05, 0.05, 0.4, 0.4), jitter=6)
+BUCKET_WEIGHTS = (0.25, 0.1, 0.1, 0.275, 0.275)                     # share of the training images per bucket
+BUCKET_JITTER = 0        # where the digit sits: 0 = the canvas centre (shipped), k = within k px of it, None = anywhere
 P_DROP = 0.25                                                        # each attribute left out of the caption with this chance
 
 def partial_caption(digit: int, colour: str, background: str, keep=(True, True, True)) -> str:
@@ -507,11 +505,11 @@ def partial_caption(digit: int, colour: str, background: str, keep=(True, True, 
     return s + (f" on a {background} background" if kb else "")
 
 class BucketToyDataset:
-    """Toy digits (32×32) placed on canvases of several shapes (`buckets`, (W, H)): anywhere (`jitter=None`) or
-    within `jitter` pixels of the centre. `ds[i]` → (3×H×W in [−1, 1], full caption); `.sizes` and `.bucket_ids`
+    """Toy digits (32×32) placed on canvases of several shapes (`buckets`, (W, H)): at the centre (`jitter=0`),
+    within `jitter` pixels of it, or anywhere (`jitter=None`). `ds[i]` → (3×H×W in [−1, 1], full caption); `.sizes` and `.bucket_ids`
     are what lesson 10b's `BucketBatchSampler` needs."""
     def __init__(self, masks, labels, buckets=BUCKETS, weights=BUCKET_WEIGHTS, repeats: int = 2, seed: int = 0,
-                 jitter: int | None = None):
+                 jitter: int | None = BUCKET_JITTER):
         g = torch.Generator().manual_seed(seed_from_toy(seed, "buckets"))
         self.masks, self.buckets = masks, [tuple(b) for b in buckets]
         self.src = torch.arange(len(masks)).repeat(repeats)
@@ -547,7 +545,7 @@ def seed_from_toy(*parts) -> int:
     return seed_from(*parts) % 2**63
 
 def bucket_toy_dataset(split: str = "train", repeats: int = 2, seed: int = 0, buckets=BUCKETS, weights=BUCKET_WEIGHTS,
-                       jitter: int | None = None):
+                       jitter: int | None = BUCKET_JITTER):
     "The bucketed toy world (`split`: 'train' or 'test'), the digit within `jitter` px of the centre (None: anywhere)."
     if split not in ("train", "test"): raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     masks, labels = load_digits(seed)[split]
@@ -675,7 +673,7 @@ TOY2_TRAIN = dict(max_steps=700, batch_size=64, lr=5e-4, warmup_steps=50, lr_sch
                   cond_drop=0.1, noise_offset=0.1, save_every=100, max_grad_norm=1.0)
 TOY_INPAINT_TRAIN = {**TOY2_TRAIN, "max_steps": 300}
 # The shipped models: stage 4 stopped at step 700 and stage 5 at step 300, started from stage 4's EMA weights at step
-# 100 (it ran beside stage 4, on 2 cores shared with other jobs, to fit the session). `scripts/train_tiny.sh` repeats that.
+# 100 (so that it can run beside stage 4 and both fit their budgets). `scripts/train_tiny.sh` repeats that.
 
 def _set_pipeline_class(folder, class_name: str) -> None:
     "Re-label a pipeline folder's model_index.json (e.g. StableDiffusionInpaintPipeline for the 9-channel UNet) with lesson 00a's writer."
@@ -685,7 +683,7 @@ def _set_pipeline_class(folder, class_name: str) -> None:
     write_model_index(folder, comps, class_name=class_name, **{k: v for k, v in idx.items() if not k.startswith("_") and k not in comps})
 
 def _finetune(run_dir, name: str, base, trainer_cls, make_unet, train: dict, defaults: dict, seed: int, progress: bool,
-              accelerator, pipeline_class: str = "StableDiffusionPipeline", weights=BUCKET_WEIGHTS, jitter: int | None = None) -> dict:
+              accelerator, pipeline_class: str = "StableDiffusionPipeline", weights=BUCKET_WEIGHTS, jitter: int | None = BUCKET_JITTER) -> dict:
     from sd_from_scratch.training import TrainConfig, make_accelerator, load_frozen
     from sd_from_scratch.unet import UNet2DConditionModel
     run_dir = Path(run_dir); base = Path(base)
@@ -709,7 +707,7 @@ def _finetune(run_dir, name: str, base, trainer_cls, make_unet, train: dict, def
     return info
 
 def stage_v2(run_dir, base=None, train: dict | None = None, seed: int = 0, progress: bool = True, accelerator=None,
-             weights=BUCKET_WEIGHTS, jitter: int | None = None, name: str = "v2") -> dict:
+             weights=BUCKET_WEIGHTS, jitter: int | None = BUCKET_JITTER, name: str = "v2") -> dict:
     """Stage 4: fine-tune the shipped UNet (VAE and text encoder frozen) on bucketed canvases with partial captions
     → run_dir/pipeline-{name} (checkpoints in run_dir/{name}_run: it resumes); `weights`: each bucket's share,
     `jitter`: how far from the canvas centre the digit may sit (None: anywhere)."""

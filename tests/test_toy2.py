@@ -87,7 +87,7 @@ def test_partial_captions():
 def test_bucket_dataset_and_sampler_batches():
     from sd_from_scratch.data import BucketBatchSampler
     masks, labels = torch.rand(40, 32, 32), torch.arange(40) % 10
-    ds = toy.BucketToyDataset(masks, labels, repeats=2, seed=3)
+    ds = toy.BucketToyDataset(masks, labels, repeats=2, seed=3, jitter=None)          # the digit anywhere
     assert len(ds) == 80 and set(ds.sizes) <= set(toy.BUCKETS)
     for i in range(len(ds)):
         img, cap = ds[i]
@@ -103,6 +103,9 @@ def test_bucket_dataset_and_sampler_batches():
         assert abs(x - (W - 32) // 2) <= 2 and abs(y - (H - 32) // 2) <= 2 and 0 <= x <= W - 32 and 0 <= y <= H - 32
     assert len({x for (W, H), (x, y) in zip(ds.sizes, ds.offsets) if W == 64}) > 5     # anywhere: offsets spread out
     assert len({x for (W, H), (x, y) in zip(near.sizes, near.offsets) if W == 64}) <= 5
+    centred = toy.BucketToyDataset(masks, labels, repeats=2, seed=3)                    # the default: at the centre
+    assert centred.sizes == ds.sizes and {(x, y) for (W, H), (x, y) in zip(centred.sizes, centred.offsets)} <= \
+        {((W - 32) // 2, (H - 32) // 2) for W, H in toy.BUCKETS}
 
 
 def test_random_masks_kinds():
@@ -162,7 +165,7 @@ out, pause, weights = sys.argv[1], int(sys.argv[2]), eval(sys.argv[3])
 base = toy.default_model_path()
 vae, te, tok, sched = load_frozen(base)
 masks, labels = toy.load_digits()["train"]
-ds = toy.BucketToyDataset(masks[:24], labels[:24], weights=weights, repeats=2, seed=0, jitter=toy.CENTRED_V2["jitter"])
+ds = toy.BucketToyDataset(masks[:24], labels[:24], weights=weights, repeats=2, seed=0, jitter=toy.BUCKET_JITTER)
 
 class Paused(toy.ToyTrainer):                      # stops (for good) after `pause` steps, so that it can be killed there
     def train_step(self):
@@ -177,13 +180,13 @@ Paused(cfg, ds, vae, te, tok, UNet2DConditionModel.from_pretrained(base / "unet"
 
 
 def test_stage_4_resumes_bit_identically_after_kill_9(tmp_path):
-    """Stage 4's trainer (ToyTrainer on the buckets of its centred variant, fine-tuning the shipped UNet), 6 steps with a checkpoint
+    """Stage 4's trainer (ToyTrainer on the shipped buckets, the digit centred, fine-tuning the shipped UNet), 6 steps with a checkpoint
     every 2: killed with SIGKILL after step 3 (step 3 is lost), then resumed, it ends with exactly the weights, EMA and
     losses of an uninterrupted run."""
     import os, signal, subprocess, sys, time
     from pathlib import Path
     from safetensors.torch import load_file
-    w = repr(toy.CENTRED_V2["weights"])
+    w = repr(toy.BUCKET_WEIGHTS)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     def run(out, pause): return subprocess.Popen([sys.executable, "-c", _RESUME_CHILD, str(out), str(pause), w], env=env)
     a, b = tmp_path / "uninterrupted", tmp_path / "killed"
