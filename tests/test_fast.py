@@ -108,7 +108,7 @@ def test_bad_settings(tiny):
 def test_toy_bf16_and_fast_sampling(one_thread):
     from sd_from_scratch.toy import load_default, eval_prompts, read_images, load_digit_classifier
     clf = load_digit_classifier()
-    prompts, digit, ink, _ = eval_prompts(20, 3)
+    prompts, digit, ink, _ = eval_prompts(40, 3)      # 40: on 20, one wrong ink is 5 points
     kw = dict(guidance_scale=7.5, steps=10, sampler="dpmpp_2m", seed=0, output_type="pt")
     p32 = load_default(); p32.progress = False
     p16 = load_default(dtype=torch.bfloat16); p16.progress = False
@@ -121,7 +121,8 @@ def test_toy_bf16_and_fast_sampling(one_thread):
     assert p16.unet.conv_in.weight.is_contiguous(memory_format=cl) and not p32.unet.conv_in.weight.is_contiguous(memory_format=cl)
     fast_imgs = p16(prompts, **kw)
     r = read_images(fast_imgs, clf)
-    assert (r["digit"] == digit).float().mean() >= 0.9 and (r["fg"] == ink).float().mean() >= 0.9
+    # lesson 10a measures ≥ 95 % on 100 prompts; DeepCache on the wrong branch (blind to the prompt) reads ink ≈ 77 %
+    assert (r["digit"] == digit).float().mean() >= 0.9 and (r["fg"] == ink).float().mean() >= 0.85
     p16.disable_fast_sampling()
     assert not p16.unet.conv_in.weight.is_contiguous(memory_format=cl)               # NCHW again
     assert "decode_latents" not in vars(p16) and torch.equal(p16(prompts, **kw), bf)      # same batch: same images
