@@ -124,10 +124,20 @@ def _q(driver, css):
     from selenium.webdriver.common.by import By
     return driver.find_element(By.CSS_SELECTOR, css)
 
+# The notebook's widget: the shell's current one, or (JupyterLab ≥ 4.6 in a headless window that never has focus, where
+# shell.currentWidget stays null) the notebook in the main area.
+_NB_JS = """const _nb = () => { const s = window.jupyterapp && window.jupyterapp.shell; if (!s) return null;
+    return s.currentWidget || Array.from(s.widgets('main')).find(x => x.sessionContext) || null; };"""
+
+def _command(driver, cmd: str):
+    "Run a JupyterLab command on the notebook, made the active widget first (notebook commands act on the active one)."
+    driver.execute_script(_NB_JS + "const w = _nb(); if (w) window.jupyterapp.shell.activateById(w.id);"
+                          " return window.jupyterapp.commands.execute(arguments[0]);", cmd)
+
 def _notebook_state(driver) -> dict:
     "Kernel status, dialogs, and how many code cells have run and what they output, from JupyterLab's own models."
-    return driver.execute_script("""
-        const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+    return driver.execute_script(_NB_JS + """
+        const w = _nb();
         if (!w || !w.content || !w.sessionContext || !w.sessionContext.session) return null;
         const cells = w.content.widgets.filter(c => c.model.type === 'code');
         const outs = cells.flatMap(c => c.model.outputs.toJSON());
@@ -195,10 +205,10 @@ def test_explorer_in_a_real_browser(lab, browser, tmp_path):
     browser.get(f"{url}/lab/tree/{NB.name}")
     st = clock.wait("the notebook and its kernel", lambda: (s := _notebook_state(browser)) and (s["dialog"] or s["kernel"] == "idle") and s, 60)
     assert not st["dialog"], "a dialog opened with the notebook (no kernelspec in its metadata? it should open into python3)"
-    browser.execute_script("window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")   # so that
+    _command(browser, "notebook:clear-all-cell-outputs")   # so that
     clock.wait("the saved outputs to clear", lambda: _notebook_state(browser)["done"] == 0, 10)        # we see this run's
     t_open = time.monotonic()
-    browser.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    _command(browser, "notebook:run-all-cells")
     st = clock.wait("Run All to finish", lambda: (s := _notebook_state(browser)) and (s["errors"] or (s["kernel"] == "idle"
                     and s["done"] == s["code"])) and s, BUDGET_S, 0.5)
     t_run = time.monotonic()
