@@ -132,7 +132,7 @@ _NB_JS = """const _nb = () => { const s = window.jupyterapp && window.jupyterapp
 def _command(driver, cmd: str):
     "Run a JupyterLab command on the notebook, made the active widget first (notebook commands act on the active one)."
     driver.execute_script(_NB_JS + "const w = _nb(); if (w) window.jupyterapp.shell.activateById(w.id);"
-                          " return window.jupyterapp.commands.execute(arguments[0]);", cmd)
+                          " window.jupyterapp.commands.execute(arguments[0]);", cmd)        # not awaited: run-all resolves when all cells are done
 
 def _notebook_state(driver) -> dict:
     "Kernel status, dialogs, and how many code cells have run and what they output, from JupyterLab's own models."
