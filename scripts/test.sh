@@ -3,7 +3,7 @@
 # Tests run in one process per CPU core (pytest-xdist, at most 4; SDFS_WORKERS=1 for one), each process on one torch
 # thread (more threads than cores make OpenMP threads wait for each other). A single process leaves a core idle
 # through everything that is not a large matrix product (imports, subprocesses starting, Python between small ops);
-# on 2 cores the whole suite took 606 s this way against 1062 s in one process on 2 threads.
+# on 2 cores the whole suite took 606–663 s this way against 1062 s in one process on 2 threads.
 # Extra arguments go to pytest, e.g.  bash scripts/test.sh -k schedule   or   SDFS_SLOW=1 bash scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
